@@ -1,0 +1,3 @@
+from pgobs.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Everything that talks to Postgres about Postgres itself: connections, SQL files, migrations."""

@@ -1,0 +1,41 @@
+"""``pgobs migrate``: apply the missing migration files, one process at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgobs.db.connect import connect
+from pgobs.db.sqlfiles import migration_files, query
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationPlan:
+    applied: list[str]
+    pending: list[str]
+
+
+async def migrate(dsn: str, *, dry_run: bool = False) -> MigrationPlan:
+    """Apply every migration not yet recorded in ``pgobs.schema_migrations``.
+
+    An advisory lock serialises concurrent runs: the second waits, then finds nothing to do.
+    Each file carries its own BEGIN/COMMIT so it works through ``psql -f`` too.
+    """
+    conn = await connect(dsn, autocommit=True)
+    try:
+        await conn.execute(query("migration_lock"))
+        try:
+            cur = await conn.execute(query("migrations_table_exists"))
+            exists = await cur.fetchone()
+            done: set[str] = set()
+            if exists and exists[0]:
+                cur = await conn.execute(query("applied_migrations"))
+                done = {version for (version,) in await cur.fetchall()}
+            pending = [(v, p) for v, p in migration_files() if v not in done]
+            if not dry_run:
+                for _, path in pending:
+                    await conn.execute(path.read_text())
+            return MigrationPlan(applied=sorted(done), pending=[v for v, _ in pending])
+        finally:
+            await conn.execute(query("migration_unlock"))
+    finally:
+        await conn.close()

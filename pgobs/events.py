@@ -1,0 +1,47 @@
+"""The event: one captured row change (or a custom event), as observers see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Set in data/old_data when a row could not be captured or decoded; its value says why.
+DATA_ERROR_KEY = "_pgobs_error"
+
+
+@dataclass(slots=True)
+class Event:
+    """A row of ``pgobs.events``.
+
+    ``data`` is the new row (or the custom payload), ``old_data`` the row before an UPDATE or
+    DELETE. Both are plain JSON values decoded from jsonb.
+    """
+
+    id: int
+    entity_type: str
+    event_type: str
+    data: dict[str, Any] | None
+    entity_id: str | None = None
+    old_data: dict[str, Any] | None = None
+    changed_fields: list[str] | None = None
+    tenant: str | None = None
+    actor: str | None = None
+    created_at: datetime | None = None
+    txid: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def envelope(self) -> dict[str, Any]:
+        """The JSON envelope actions send and templates see (DESIGN.md, webhook request)."""
+        return {
+            "event_id": self.id,
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "event_type": self.event_type,
+            "data": self.data,
+            "old_data": self.old_data,
+            "changes": self.changed_fields,
+            "tenant": self.tenant,
+            "actor": self.actor,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }

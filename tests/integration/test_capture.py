@@ -1,0 +1,157 @@
+"""The capture trigger and SQL API against a real Postgres."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support import execute, scalar
+
+
+def events(dsn: str) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(
+            "SELECT id, txid::text::bigint AS txid, entity_type, entity_id, event_type, data, "
+            "old_data, changed_fields, tenant, actor FROM pgobs.events ORDER BY id"
+        )
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+@pytest.fixture
+def orders(dsn: str) -> str:
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, status text, total numeric)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    return dsn
+
+
+def test_insert_update_delete_and_noop_update(orders: str) -> None:
+    execute(orders, "INSERT INTO orders (status, total) VALUES ('new', 10)")
+    execute(orders, "UPDATE orders SET status = 'paid'")
+    execute(orders, "UPDATE orders SET status = 'paid'")  # changes nothing: no event
+    execute(orders, "DELETE FROM orders")
+    got = events(orders)
+    assert [e["event_type"] for e in got] == ["INSERT", "UPDATE", "DELETE"]
+    ins, upd, dele = got
+    assert ins["entity_type"] == "Order" and ins["entity_id"] == "1"
+    assert ins["data"] == {"id": 1, "status": "new", "total": 10} and ins["old_data"] is None
+    assert upd["data"]["status"] == "paid" and upd["old_data"]["status"] == "new"
+    assert upd["changed_fields"] == ["status"]
+    assert dele["data"] is None and dele["old_data"]["status"] == "paid"
+
+
+def test_txid_is_the_writers_transaction(orders: str) -> None:
+    with psycopg.connect(orders) as conn:
+        conn.execute("INSERT INTO orders (status) VALUES ('a'), ('b')")
+        writer = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()
+        conn.commit()
+    assert writer is not None
+    assert {e["txid"] for e in events(orders)} == {writer[0]}
+
+
+def test_tenant_and_actor_come_from_session_settings(orders: str) -> None:
+    with psycopg.connect(orders) as conn:
+        conn.execute("SET LOCAL pgobs.tenant = 'acme'")
+        conn.execute("SET LOCAL pgobs.actor = 'user:42'")
+        conn.execute("INSERT INTO orders (status) VALUES ('x')")
+    (event,) = events(orders)
+    assert (event["tenant"], event["actor"]) == ("acme", "user:42")
+
+
+def test_odd_values_never_break_the_write(dsn: str) -> None:
+    execute(
+        dsn,
+        "CREATE TABLE odd (k text PRIMARY KEY, n numeric, f float8, r real, j jsonb, js json, "
+        "t text, arr int[], ts timestamptz, b bytea)",
+    )
+    execute(dsn, "SELECT pgobs.track('odd')")
+    deep = "[" * 2000 + "]" * 2000
+    rows: list[tuple[Any, ...]] = [
+        ("nan", "NaN", float("nan"), float("inf"), None, None, None, None, "infinity", None),
+        (
+            "neg",
+            "-Infinity",
+            float("-inf"),
+            float("-inf"),
+            None,
+            None,
+            None,
+            None,
+            "-infinity",
+            None,
+        ),
+        ("deep", 1, 1.0, 1.0, deep, deep, None, None, None, None),
+        ("huge", 1, 1.0, 1.0, None, None, "x" * 20_000_000, None, None, b"\x00" * 1000),
+        (
+            "uni",
+            1,
+            1.0,
+            1.0,
+            '{"k": "\\u00e9\\ud83d\\ude00"}',
+            '{"a": "\\u0000"}',
+            "héllo ☃ 😀 \u202e",
+            [1, None, 3],
+            None,
+            None,
+        ),
+    ]
+    with psycopg.connect(dsn) as conn:
+        for row in rows:
+            conn.execute("INSERT INTO odd VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", row)
+        conn.execute("UPDATE odd SET t = 'y' WHERE k = 'huge'")
+        conn.execute("DELETE FROM odd")
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.events") == len(rows) * 2 + 1
+    nan = scalar(dsn, "SELECT data FROM pgobs.events WHERE entity_id = 'nan' LIMIT 1")
+    assert nan["n"] == "NaN" and nan["f"] == "NaN"
+    assert scalar(dsn, "SELECT changed_fields FROM pgobs.events WHERE event_type = 'UPDATE'") == [
+        "t"
+    ]
+
+
+def test_unrepresentable_row_is_recorded_with_the_reason(dsn: str) -> None:
+    """A row over jsonb's size limit still writes, and its event says why it has no data."""
+    execute(dsn, "CREATE TABLE big (id int PRIMARY KEY, a text, b text)")
+    execute(dsn, "SELECT pgobs.track('big')")
+    execute(dsn, "INSERT INTO big SELECT 1, repeat('a', 140000000), repeat('b', 140000000)")
+    assert scalar(dsn, "SELECT count(*) FROM big") == 1
+    assert scalar(dsn, "SELECT data ? '_pgobs_error' FROM pgobs.events") is True
+
+
+def test_emit_writes_a_custom_event(dsn: str) -> None:
+    event_id = scalar(dsn, "SELECT pgobs.emit('User', 'signed_up', '7', '{\"plan\": \"pro\"}')")
+    (event,) = events(dsn)
+    assert event["id"] == event_id
+    assert (event["entity_type"], event["event_type"], event["entity_id"]) == (
+        "User",
+        "signed_up",
+        "7",
+    )
+    assert event["data"] == {"plan": "pro"}
+
+
+def test_untrack_stops_capture(orders: str) -> None:
+    execute(orders, "INSERT INTO orders (status) VALUES ('one')")
+    execute(orders, "SELECT pgobs.untrack('orders')")
+    execute(orders, "INSERT INTO orders (status) VALUES ('two')")
+    assert len(events(orders)) == 1
+
+
+def test_track_picks_the_primary_key_and_rejects_bad_operations(dsn: str) -> None:
+    execute(dsn, "CREATE TABLE items (sku text PRIMARY KEY, qty int)")
+    execute(dsn, "SELECT pgobs.track('items', 'Item', operations => ARRAY['insert'])")
+    execute(dsn, "INSERT INTO items VALUES ('A-1', 1)")
+    execute(dsn, "UPDATE items SET qty = 2")
+    (event,) = events(dsn)
+    assert event["entity_id"] == "A-1"
+    with pytest.raises(psycopg.errors.RaiseException, match="operations must be among"):
+        execute(dsn, "SELECT pgobs.track('items', 'Item', operations => ARRAY['TRUNCATE'])")
+
+
+def test_insert_notifies_pgobs_events(orders: str) -> None:
+    with psycopg.connect(orders, autocommit=True) as listener:
+        listener.execute("LISTEN pgobs_events")
+        execute(orders, "INSERT INTO orders (status) VALUES ('x')")
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notes] == ["pgobs_events"]
