@@ -1,0 +1,201 @@
+-- Every statement pgobs runs, by name. Python refers to them through pgobs.db.sqlfiles.query().
+
+-- name: migration_lock
+SELECT pg_advisory_lock(hashtext('pgobs.migrate'))
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock(hashtext('pgobs.migrate'))
+
+-- name: migrations_table_exists
+SELECT to_regclass('pgobs.schema_migrations') IS NOT NULL
+
+-- name: applied_migrations
+SELECT version FROM pgobs.schema_migrations ORDER BY version
+
+-- name: listener_session_settings
+-- The leader's session: notice a dead peer within seconds, never hang on a lock.
+SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;
+SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s'
+
+-- name: try_leader_lock
+SELECT pg_try_advisory_lock(2024061501, hashtext(%(listener_id)s))
+
+-- name: release_leader_lock
+SELECT pg_advisory_unlock(2024061501, hashtext(%(listener_id)s))
+
+-- name: load_checkpoint
+SELECT txid::text::bigint, event_id FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s
+
+-- name: fetch_committed_events
+-- Events whose transaction has ended (txid below the snapshot's xmin), after the checkpoint,
+-- in commit-safe order. A lower id that commits late still has txid >= xmin until it commits.
+SELECT id, txid::text::bigint, entity_type, entity_id, event_type, data, old_data,
+       changed_fields, tenant, actor, created_at
+FROM pgobs.events
+WHERE (txid, id) > (%(txid)s::text::xid8, %(event_id)s)
+  AND txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY txid, id
+LIMIT %(limit)s
+
+-- name: copy_jobs
+COPY pgobs.jobs (event_id, observer, action_index, action_type, priority, max_attempts) FROM STDIN
+
+-- name: save_checkpoint
+INSERT INTO pgobs.checkpoints (listener_id, txid, event_id, last_processed_at, updated_at)
+VALUES (%(listener_id)s, %(txid)s::text::xid8, %(event_id)s, %(last_processed_at)s, now())
+ON CONFLICT (listener_id) DO UPDATE
+SET txid = EXCLUDED.txid, event_id = EXCLUDED.event_id,
+    last_processed_at = EXCLUDED.last_processed_at, updated_at = now()
+
+-- name: notify_jobs
+SELECT pg_notify('pgobs_jobs', '')
+
+-- name: insert_audit
+INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, entity_type, entity_id,
+                         event_type, message, details)
+VALUES (%(kind)s, %(status)s, %(event_id)s, %(observer)s, %(action_type)s, %(entity_type)s,
+        %(entity_id)s, %(event_type)s, %(message)s, %(details)s)
+
+-- name: listener_heartbeat
+INSERT INTO pgobs.listeners (instance_id, listener_id, host, pid, state, is_leader,
+                             events_processed, lag_events, lag_seconds, last_heartbeat)
+VALUES (%(instance_id)s, %(listener_id)s, %(host)s, %(pid)s, %(state)s, %(is_leader)s,
+        %(events_processed)s, %(lag_events)s, %(lag_seconds)s, now())
+ON CONFLICT (instance_id) DO UPDATE
+SET state = EXCLUDED.state, is_leader = EXCLUDED.is_leader,
+    events_processed = EXCLUDED.events_processed, lag_events = EXCLUDED.lag_events,
+    lag_seconds = EXCLUDED.lag_seconds, last_heartbeat = now()
+
+-- name: listener_lag
+-- Events committed but not yet fanned out (capped), and the age of the oldest one.
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM (
+    SELECT e.created_at
+    FROM pgobs.events e
+    WHERE (e.txid, e.id) > (
+        coalesce((SELECT txid FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s), '0'),
+        coalesce((SELECT event_id FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s), 0))
+    ORDER BY e.txid, e.id
+    LIMIT 100000
+) AS pending
+
+-- name: track_table
+SELECT pgobs.track(%(table)s::regclass, %(entity)s, %(id_column)s)
+
+-- name: claim_jobs
+-- Due, unleased jobs by priority then due time; SKIP LOCKED lets any number of workers claim
+-- at once. Each claim takes a lease and counts an attempt. The event rides along (or the
+-- payload, for a retried dead letter whose event was purged).
+WITH next AS (
+    SELECT id FROM pgobs.jobs
+    WHERE locked_until IS NULL AND run_at <= now()
+    ORDER BY priority DESC, run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pgobs.jobs AS j
+    SET locked_by = %(worker)s,
+        locked_until = now() + make_interval(secs => %(lease_s)s),
+        attempts = j.attempts + 1
+    FROM next
+    WHERE j.id = next.id
+    RETURNING j.id, j.event_id, j.observer, j.action_index, j.attempts, j.max_attempts,
+              j.payload
+)
+SELECT c.id, c.observer, c.action_index, c.attempts, c.max_attempts, c.payload,
+       c.event_id, e.entity_type, e.entity_id, e.event_type, e.data, e.old_data,
+       e.changed_fields, e.tenant, e.actor, e.created_at
+FROM claimed c LEFT JOIN pgobs.events e ON e.id = c.event_id
+
+-- name: complete_jobs
+DELETE FROM pgobs.jobs WHERE id = ANY(%(ids)s)
+
+-- name: retry_jobs
+UPDATE pgobs.jobs AS j
+SET locked_by = NULL, locked_until = NULL,
+    run_at = now() + make_interval(secs => r.delay_s),
+    last_error = r.error,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempts, 'error', r.error, 'kind', 'transient', 'at', now()))
+FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[]) AS r(id, delay_s, error)
+WHERE j.id = r.id AND j.locked_by = %(worker)s
+
+-- name: dead_letter_jobs
+-- Out of attempts or failed for good: move to the DLQ in the transaction that removes the job.
+WITH failed AS (
+    DELETE FROM pgobs.jobs AS j
+    USING unnest(%(ids)s::bigint[], %(errors)s::text[], %(kinds)s::text[]) AS r(id, error, kind)
+    WHERE j.id = r.id AND j.locked_by = %(worker)s
+    RETURNING j.*, r.error, r.kind
+)
+INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, payload,
+                       priority, attempts, max_attempts, last_error, error_kind, errors, created_at)
+SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
+       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                f.payload, '{}'::jsonb),
+       f.payload, f.priority, f.attempts, f.max_attempts, f.error, f.kind,
+       f.errors || jsonb_build_array(jsonb_build_object(
+           'attempt', f.attempts, 'error', f.error, 'kind', f.kind, 'at', now())),
+       f.created_at
+FROM failed f
+RETURNING observer
+
+-- name: discard_jobs
+-- on_failure: log — the job is dropped and its failure kept in the audit trail.
+WITH failed AS (
+    DELETE FROM pgobs.jobs AS j
+    USING unnest(%(ids)s::bigint[], %(errors)s::text[], %(kinds)s::text[]) AS r(id, error, kind)
+    WHERE j.id = r.id AND j.locked_by = %(worker)s
+    RETURNING j.event_id, j.observer, j.action_type, j.attempts, r.error, r.kind
+)
+INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, message, details)
+SELECT 'action', 'failed', f.event_id, f.observer, f.action_type, f.error,
+       jsonb_build_object('attempts', f.attempts, 'error_kind', f.kind)
+FROM failed f
+
+-- name: extend_leases
+UPDATE pgobs.jobs SET locked_until = now() + make_interval(secs => %(lease_s)s)
+WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s
+
+-- name: release_jobs
+-- Graceful shutdown: hand claimed jobs that never started back, without spending an attempt.
+UPDATE pgobs.jobs SET locked_by = NULL, locked_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s
+
+-- name: rescue_expired_jobs
+-- A lease that ran out means its worker died or stalled: the job is claimable again, and it
+-- counts as a failed attempt (so a job that kills its worker ends in the DLQ, not in a loop).
+UPDATE pgobs.jobs
+SET locked_by = NULL, locked_until = NULL,
+    last_error = 'lease expired: the worker running it died or stalled',
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempts, 'error', 'lease expired: the worker running it died or stalled',
+        'kind', 'transient', 'at', now(), 'worker', locked_by))
+WHERE locked_until < now() AND attempts < max_attempts
+RETURNING id
+
+-- name: dead_letter_expired_jobs
+WITH failed AS (
+    DELETE FROM pgobs.jobs AS j
+    WHERE j.locked_until < now() AND j.attempts >= j.max_attempts
+    RETURNING j.*
+)
+INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, payload,
+                       priority, attempts, max_attempts, last_error, error_kind, errors, created_at)
+SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
+       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                f.payload, '{}'::jsonb),
+       f.payload, f.priority, f.attempts, f.max_attempts,
+       'lease expired on the last attempt: the worker running it died or stalled', 'transient',
+       f.errors || jsonb_build_array(jsonb_build_object(
+           'attempt', f.attempts, 'error', 'lease expired on the last attempt', 'kind',
+           'transient', 'at', now(), 'worker', f.locked_by)),
+       f.created_at
+FROM failed f
+RETURNING observer
+
+-- name: next_due_in
+SELECT extract(epoch FROM min(run_at) - now())::float8 FROM pgobs.jobs WHERE locked_until IS NULL
+
+-- name: cache_invalidate
+DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
