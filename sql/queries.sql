@@ -199,3 +199,53 @@ SELECT extract(epoch FROM min(run_at) - now())::float8 FROM pgobs.jobs WHERE loc
 
 -- name: cache_invalidate
 DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
+
+-- name: dlq_list
+SELECT id, observer, action_index, action_type, event_id, attempts, error_kind, last_error,
+       failed_at
+FROM pgobs.dlq
+WHERE %(observer)s::text IS NULL OR observer = %(observer)s
+ORDER BY failed_at DESC, id DESC
+LIMIT %(limit)s
+
+-- name: dlq_show
+SELECT to_jsonb(d) FROM pgobs.dlq AS d WHERE d.id = %(id)s
+
+-- name: dlq_select_ids
+SELECT id FROM pgobs.dlq
+WHERE %(observer)s::text IS NULL OR observer = %(observer)s
+ORDER BY id
+
+-- name: dlq_retry
+-- Back to the queue with fresh attempts, in the transaction that removes the dead letter. The
+-- job keeps the event as its payload, so a retry works even after the event was purged.
+WITH taken AS (
+    DELETE FROM pgobs.dlq WHERE id = ANY(%(ids)s) RETURNING *
+)
+INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, payload, priority,
+                        max_attempts, errors)
+SELECT event_id, observer, action_index, action_type, coalesce(payload, event), priority,
+       max_attempts,
+       errors || jsonb_build_array(jsonb_build_object('retried_from_dlq', id, 'at', now()))
+FROM taken
+RETURNING id
+
+-- name: dlq_stats
+SELECT count(*), count(*) FILTER (WHERE error_kind = 'transient'),
+       count(*) FILTER (WHERE error_kind = 'permanent'), min(failed_at), max(failed_at)
+FROM pgobs.dlq
+
+-- name: dlq_stats_by_observer
+SELECT observer, count(*), count(*) FILTER (WHERE error_kind = 'transient'),
+       count(*) FILTER (WHERE error_kind = 'permanent'), min(failed_at), max(failed_at)
+FROM pgobs.dlq
+GROUP BY observer
+ORDER BY count(*) DESC, observer
+
+-- name: dlq_count_older
+SELECT count(*) FROM pgobs.dlq
+WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = %(observer)s)
+
+-- name: dlq_purge
+DELETE FROM pgobs.dlq
+WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = %(observer)s)

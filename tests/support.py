@@ -38,6 +38,11 @@ def scalar(dsn: str, sql: str, params: Any = None) -> Any:
         return row[0] if row else None
 
 
+def fetch(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
 def execute(dsn: str, sql: str, params: Any = None) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql, params)
@@ -68,6 +73,8 @@ class Receiver:
     default_status: int = 200
     delay_s: float = 0.0
     extra_headers: dict[str, str] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     def respond(self, path: str, *statuses: int) -> None:
@@ -114,9 +121,14 @@ def start_receiver() -> tuple[Receiver, Callable[[], None]]:
                 body,
                 time.monotonic(),
             )
+            with receiver._cond:
+                receiver.in_flight += 1
+                receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
             if receiver.delay_s:
                 time.sleep(receiver.delay_s)
             status = receiver.record(req)
+            with receiver._cond:
+                receiver.in_flight -= 1
             payload = b'{"ok": true}'
             self.send_response(status)
             for name, value in receiver.extra_headers.items():
@@ -178,8 +190,9 @@ class Worker:
     def __init__(self, dsn: str, *args: str, log_path: Path, env: dict[str, str] | None = None):
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        defaults = [] if "--metrics-port" in args else ["--metrics-port", "0"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgobs", "worker", "--metrics-port", "0", *args],
+            [sys.executable, "-m", "pgobs", "worker", *defaults, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env or pgobs_env(dsn),

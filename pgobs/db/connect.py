@@ -70,7 +70,11 @@ def configure_json(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_dumps(orjson.dumps, conn)
 
 
-async def connect(dsn: str, *, autocommit: bool = False) -> Connection:
+async def connect(
+    dsn: str, *, autocommit: bool = False, application_name: str | None = None
+) -> Connection:
+    if application_name:
+        dsn = make_conninfo(dsn, application_name=application_name)
     try:
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit)
     except psycopg.OperationalError as exc:

@@ -1,0 +1,27 @@
+"""The slack action: a message to a Slack incoming webhook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from pgobs.actions.http import deliver
+from pgobs.actions.specs import SlackSpec
+
+
+async def send_slack(client: httpx.AsyncClient, spec: SlackSpec, context: dict[str, Any]) -> None:
+    message: dict[str, Any] = {"text": spec.message.render(context)}
+    if spec.channel:
+        message["channel"] = spec.channel
+    if spec.username:
+        message["username"] = spec.username
+    await deliver(
+        client,
+        "POST",
+        spec.webhook_url,
+        orjson.dumps(message),
+        {"content-type": "application/json"},
+        spec.timeout_ms / 1000,
+    )

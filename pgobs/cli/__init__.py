@@ -1,0 +1,1 @@
+"""The ``pgobs`` command line."""

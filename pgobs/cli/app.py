@@ -1,0 +1,201 @@
+"""``pgobs``: the command line. Every user error is one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+import psycopg
+from cyclopts import App, Parameter
+
+from pgobs import __version__
+from pgobs.cli.dlq import app as dlq_app
+from pgobs.cli.session import Dsn, with_connection
+from pgobs.config.loader import load_config, parse_config_file
+from pgobs.db.connect import Connection, resolve_dsn
+from pgobs.db.migrate import migrate as apply_migrations
+from pgobs.db.sqlfiles import query
+from pgobs.errors import PgobsError
+from pgobs.listener.listener import ListenerSettings
+from pgobs.observability.metrics import serve_metrics
+from pgobs.queue.worker import WorkerSettings
+from pgobs.supervisor import ProcessSettings, run_process
+
+app = App(
+    name="pgobs",
+    help="PostgreSQL-native observers: row changes become webhooks, emails, SQL calls and "
+    "Python handlers, reliably.",
+    version=__version__,
+)
+
+app.command(dlq_app)
+
+
+@app.command
+def migrate(*, dsn: Dsn = None, dry_run: bool = False) -> None:
+    """Create or upgrade the pgobs schema (safe to run from several processes at once).
+
+    Parameters
+    ----------
+    dry_run
+        Print the migrations that would be applied, change nothing.
+    """
+    plan = anyio.run(lambda: apply_migrations(resolve_dsn(dsn), dry_run=dry_run))
+    if not plan.pending:
+        print(f"schema is up to date (applied: {', '.join(plan.applied) or 'none'})")
+        return
+    verb = "would apply" if dry_run else "applied"
+    print(f"{verb}: {', '.join(plan.pending)}")
+
+
+@app.command
+def track(
+    table: str,
+    *,
+    entity: Annotated[
+        str | None, Parameter(help="entity_type of the events (default: the table name).")
+    ] = None,
+    id_column: str | None = None,
+    dsn: Dsn = None,
+) -> None:
+    """Capture TABLE's row changes as events (installs the pgobs_capture trigger).
+
+    Parameters
+    ----------
+    table
+        The table, optionally schema-qualified: public.orders.
+    id_column
+        Column whose value becomes entity_id (default: the single-column primary key).
+    """
+
+    async def run(conn: Connection) -> None:
+        params = {"table": table, "entity": entity, "id_column": id_column}
+        try:
+            await conn.execute(query("track_table"), params)
+        except psycopg.errors.UndefinedTable as exc:
+            raise PgobsError(
+                f"table {table!r} does not exist", "check its name and schema"
+            ) from exc
+
+    with_connection(dsn, run)
+    print(f"tracking {table} as {entity or table.split('.')[-1]}")
+
+
+@app.command
+def worker(
+    *,
+    config: Annotated[Path, Parameter(help="The observers file.")] = Path("observers.yaml"),
+    concurrency: int = 32,
+    role: Literal["listener", "worker", "all"] = "all",
+    listener_id: str = "default",
+    batch_size: int = 500,
+    metrics_port: Annotated[int, Parameter(help="Serve Prometheus /metrics here; 0: off.")] = 9464,
+    metrics_host: str = "127.0.0.1",
+    lease_seconds: float = 30.0,
+    grace_seconds: float = 10.0,
+    dsn: Dsn = None,
+) -> None:
+    """Run a worker process: a listener candidate and/or the action workers.
+
+    Parameters
+    ----------
+    concurrency
+        Most actions this process runs at once.
+    role
+        listener: fan events out only; worker: run jobs only; all: both.
+    listener_id
+        Listeners with the same id elect one leader; different ids shard the fan-out.
+    batch_size
+        Events the listener reads per transaction.
+    lease_seconds
+        How long a claimed job stays reserved without a heartbeat; a dead worker's jobs come back
+        after this.
+    grace_seconds
+        On SIGTERM, how long running actions may take to finish before they are handed back.
+    """
+    if lease_seconds < 1:
+        raise PgobsError(f"--lease-seconds must be at least 1, got {lease_seconds:g}")
+    if concurrency < 1:
+        raise PgobsError(f"--concurrency must be at least 1, got {concurrency}")
+    if not 1 <= batch_size <= 100_000:
+        raise PgobsError(f"--batch-size must be between 1 and 100000, got {batch_size}")
+    loaded = load_config(config, strict_env=True)
+    resolved = resolve_dsn(dsn)
+    if metrics_port:
+        serve_metrics(metrics_port, metrics_host)
+    settings = ProcessSettings(
+        role=role,
+        listener=ListenerSettings(listener_id=listener_id, batch_size=batch_size),
+        worker=WorkerSettings(
+            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds
+        ),
+    )
+    anyio.run(lambda: run_process(resolved, loaded, settings))
+
+
+@app.command(name="validate-config")
+def validate_config(file: Path = Path("observers.yaml"), *, detailed: bool = False) -> int:
+    """Check an observers file; print every error with its line and a hint.
+
+    Parameters
+    ----------
+    detailed
+        Also list each observer with its events, condition and actions.
+    """
+    config, issues = parse_config_file(file, strict_env=False)
+    for issue in issues:
+        print(issue, file=sys.stderr if issue.severity == "error" else sys.stdout)
+    if config is None:
+        errors = sum(1 for i in issues if i.severity == "error")
+        print(f"{file}: {errors} error(s)", file=sys.stderr)
+        return 1
+    actions = sum(len(o.actions) for o in config.observers)
+    print(f"{file}: ok — {len(config.observers)} observer(s), {actions} action(s)")
+    if detailed:
+        from pgobs.actions.specs import action_type
+
+        for obs in config.observers:
+            events = ", ".join(sorted(obs.event_types)) if obs.event_types else "any event"
+            kinds = ", ".join(action_type(a) for a in obs.actions)
+            print(f"  {obs.name} (line {obs.line}): {obs.entity} on {events}")
+            print(f"    condition: {obs.condition_source or '(always)'}")
+            print(
+                f"    actions:   {kinds}; retry {obs.retry.max_attempts}x "
+                f"{obs.retry.backoff_strategy}; on_failure {obs.on_failure}"
+            )
+    return 0
+
+
+@app.command
+def demo(*, dsn: Dsn = None) -> None:
+    """Show the whole path on a database of its own (pgobs_demo): a tracked table, inserts,
+    signed webhooks at a local receiver, a failing endpoint, the DLQ and a retry."""
+    from pgobs.cli.demo import run_demo
+
+    resolved = resolve_dsn(dsn)
+    anyio.run(lambda: run_demo(resolved))
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request and pgserver every handle at INFO: noise for an operator.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    try:
+        result = app(sys.argv[1:] if argv is None else argv, result_action="return_value")
+    except PgobsError as exc:
+        print(f"pgobs: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,171 @@
+"""observers.yaml → ``Config``, checking everything and reporting every problem with its line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path as FsPath
+from typing import Any
+
+from pgobs.actions.specs import ActionSpec, parse_action
+from pgobs.conditions import ConditionSyntaxError, compile_condition
+from pgobs.config.fields import Fields
+from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
+from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
+from pgobs.config.yamlsource import load_yaml
+from pgobs.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def load_config(path: str | FsPath, *, strict_env: bool = True) -> Config:
+    """Load and validate a config file; raise ``ConfigInvalid`` listing every error.
+
+    ``strict_env`` makes unset ``*_env`` variables errors (worker start) rather than warnings.
+    """
+    config, issues = parse_config_file(path, strict_env=strict_env)
+    if config is None:
+        raise ConfigInvalid([i for i in issues if i.severity == "error"])
+    return config
+
+
+def parse_config_file(
+    path: str | FsPath, *, strict_env: bool = False
+) -> tuple[Config | None, list[ConfigIssue]]:
+    file = FsPath(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {file} does not exist", "pass --config PATH") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc}", "check the path") from exc
+    return parse_config(text, str(file), base_dir=file.parent, strict_env=strict_env)
+
+
+def parse_config(
+    text: str,
+    file: str = "<memory>",
+    *,
+    base_dir: FsPath | None = None,
+    strict_env: bool = False,
+) -> tuple[Config | None, list[ConfigIssue]]:
+    """Parse config text; returns the config (None when there are errors) and all issues."""
+    issues = Issues(file=file, lines={})
+    raw = load_yaml(text, issues)
+    observers: list[Observer] = []
+    if raw is not None or not issues.errors:
+        top = Fields(raw, (), issues, "the config file", strict_env=strict_env)
+        items = top.get("observers")
+        if not isinstance(items, list) or not items:
+            issues.error(
+                ("observers",),
+                "the config needs a non-empty 'observers' list",
+                "observers:\n  - name: ...",
+            )
+            items = []
+        top.finish()
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            obs = _observer(item, ("observers", index), issues, base_dir or FsPath("."), strict_env)
+            if obs is None:
+                continue
+            if obs.name in seen:
+                issues.error(
+                    ("observers", index, "name"),
+                    f"observer name {obs.name!r} is used twice (first at line {seen[obs.name]})",
+                    "observer names must be unique",
+                )
+            seen.setdefault(obs.name, obs.line)
+            observers.append(obs)
+    if issues.errors:
+        return None, issues.found
+    return Config(observers=tuple(observers), source=file), issues.found
+
+
+def _observer(
+    raw: Any, path: tuple[str | int, ...], issues: Issues, base_dir: FsPath, strict_env: bool
+) -> Observer | None:
+    f = Fields(raw, path, issues, "an observer", strict_env=strict_env)
+    if not f.ok:
+        return None
+    name = f.string("name", required=True, hint="name: obs-orders-paid") or ""
+    if name and not _NAME.match(name):
+        issues.error(
+            f.at("name"),
+            f"observer name {name!r} has unusual characters",
+            "use letters, digits, and - _ . :",
+        )
+    entity = f.string("entity", required=True, hint="entity: Order, or '*' for every entity") or "*"
+    event_types = _event_types(f)
+    condition_source = f.string("condition")
+    condition = None
+    if condition_source is not None:
+        try:
+            condition = compile_condition(condition_source)
+        except ConditionSyntaxError as exc:
+            issues.error(
+                f.at("condition"),
+                f"condition does not parse: {exc}",
+                "e.g. status == 'paid' && total > 100",
+            )
+    actions: list[ActionSpec] = []
+    raw_actions = f.get("actions")
+    if not isinstance(raw_actions, list) or not raw_actions:
+        issues.error(
+            f.at("actions"),
+            "an observer needs a non-empty 'actions' list",
+            "actions:\n  - type: webhook",
+        )
+        raw_actions = []
+    for i, raw_action in enumerate(raw_actions):
+        af = Fields(raw_action, (*f.at("actions"), i), issues, "an action", strict_env=strict_env)
+        if af.ok:
+            spec = parse_action(af, base_dir)
+            if spec is not None:
+                actions.append(spec)
+    retry = _retry(f)
+    on_failure = f.string("on_failure", default="dlq", choices=("dlq", "log"))
+    priority = f.integer("priority", default=0, minimum=-32768, maximum=32767)
+    f.finish()
+    return Observer(
+        name=name,
+        entity=entity,
+        event_types=event_types,
+        condition_source=condition_source,
+        condition=condition,
+        actions=tuple(actions),
+        retry=retry,
+        on_failure=on_failure,  # type: ignore[arg-type]  # choices= narrows it
+        priority=priority,
+        line=issues.line_of(path),
+    )
+
+
+def _event_types(f: Fields) -> frozenset[str] | None:
+    names = f.string_list("event_type")
+    if not names or "*" in names:
+        return None
+    return frozenset(EVENT_TYPE_ALIASES.get(n.lower(), n) for n in names)
+
+
+def _retry(f: Fields) -> RetryPolicy:
+    if not f.has("retry"):
+        return RetryPolicy()
+    r = Fields(f.get("retry"), f.at("retry"), f.issues, "retry", strict_env=f.strict_env)
+    default = RetryPolicy()
+    policy = RetryPolicy(
+        max_attempts=r.integer(
+            "max_attempts", default=default.max_attempts, minimum=1, maximum=1000
+        ),
+        initial_delay_ms=r.integer("initial_delay_ms", default=default.initial_delay_ms),
+        max_delay_ms=r.integer("max_delay_ms", default=default.max_delay_ms),
+        backoff_strategy=r.string(  # type: ignore[arg-type]  # choices= narrows it
+            "backoff_strategy", default="exponential", choices=("exponential", "linear", "fixed")
+        ),
+        jitter=r.boolean("jitter", default=True),
+    )
+    if policy.max_delay_ms < policy.initial_delay_ms:
+        f.issues.error(
+            f.at("retry"), "max_delay_ms is smaller than initial_delay_ms", "raise max_delay_ms"
+        )
+    r.finish()
+    return policy

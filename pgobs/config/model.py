@@ -1,0 +1,64 @@
+"""The validated configuration: observers, their actions and retry policies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from pgobs.events import Event
+
+if TYPE_CHECKING:
+    from pgobs.actions.specs import ActionSpec
+
+BackoffStrategy = Literal["exponential", "linear", "fixed"]
+OnFailure = Literal["dlq", "log"]
+
+EVENT_TYPE_ALIASES = {
+    "insert": "INSERT",
+    "created": "INSERT",
+    "create": "INSERT",
+    "update": "UPDATE",
+    "updated": "UPDATE",
+    "delete": "DELETE",
+    "deleted": "DELETE",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_delay_ms: int = 100
+    max_delay_ms: int = 30_000
+    backoff_strategy: BackoffStrategy = "exponential"
+    jitter: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Observer:
+    name: str
+    entity: str  # an entity_type, or "*"
+    event_types: frozenset[str] | None  # None: every event type
+    condition_source: str | None
+    condition: Callable[[Event], bool] | None
+    actions: tuple[ActionSpec, ...]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_failure: OnFailure = "dlq"
+    priority: int = 0
+    line: int = 0
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` triggers this observer (entity and type are checked by the index)."""
+        return self.condition is None or self.condition(event)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    observers: tuple[Observer, ...]
+    source: str = "<memory>"
+
+    def observer(self, name: str) -> Observer | None:
+        for obs in self.observers:
+            if obs.name == name:
+                return obs
+        return None

@@ -1,0 +1,1 @@
+"""From ``pgobs.events`` to ``pgobs.jobs``: leader election, commit-safe reading, fan-out."""

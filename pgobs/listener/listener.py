@@ -1,0 +1,246 @@
+"""The listener candidate: leads its ``listener_id`` or stands by, and fans events out.
+
+Leadership is ``pg_try_advisory_lock`` on the listener's own session, and every fan-out
+transaction runs on that same session: a leader that lost its session cannot commit, so there is
+never split-brain. Standbys retry every ``leader_retry_s``; when the leader's process or
+connection dies Postgres frees the lock and a standby leads on its next try.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import psycopg
+
+from pgobs.config.model import Config
+from pgobs.db.connect import Connection, connect
+from pgobs.db.sqlfiles import query
+from pgobs.events import Event
+from pgobs.listener.fanout import ObserverIndex, plan_fanout
+from pgobs.listener.notifier import Doorbell
+from pgobs.observability import metrics
+
+log = logging.getLogger("pgobs.listener")
+
+State = Literal["initializing", "connecting", "running", "recovering", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    listener_id: str = "default"
+    batch_size: int = 500
+    poll_interval_s: float = 0.5
+    leader_retry_s: float = 0.25
+    heartbeat_s: float = 1.0
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    txid: int = 0
+    event_id: int = 0
+
+
+class Listener:
+    def __init__(
+        self,
+        dsn: str,
+        config: Config,
+        doorbell: Doorbell,
+        settings: ListenerSettings | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.settings = settings or ListenerSettings()
+        self.index = ObserverIndex(config)
+        self.doorbell = doorbell
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.state: State = "initializing"
+        self.is_leader = False
+        self.events_processed = 0
+        self.became_leader = anyio.Event()
+        self._labels = {"listener_id": self.settings.listener_id}
+
+    # -- the candidate loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stand by, lead when the lock is free, recover from any lost connection."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat_loop)
+            try:
+                await self._candidate_loop()
+            finally:
+                self._set_state("stopped", leader=False)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._write_heartbeat(lag=(0, 0.0))
+                tg.cancel_scope.cancel()
+
+    async def _candidate_loop(self) -> None:
+        delay = 0.1
+        while True:
+            self._set_state("connecting", leader=False)
+            try:
+                # pg_stat_activity shows which process leads: "pgobs listener default pid 123".
+                name = f"pgobs listener {self.settings.listener_id} pid {os.getpid()}"
+                conn = await connect(self.dsn, application_name=name[:63])
+            except Exception as exc:
+                log.warning("listener cannot connect (%s); retrying in %.1fs", exc, delay)
+                self._set_state("recovering", leader=False)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.1
+            try:
+                await conn.execute(query("listener_session_settings"))
+                await conn.commit()
+                self._set_state("running", leader=False)
+                while True:
+                    if await self._try_lead(conn):
+                        await self._lead(conn)
+                    await anyio.sleep(self.settings.leader_retry_s)
+            except psycopg.Error as exc:
+                log.warning("listener %s lost its session (%s)", self.settings.listener_id, exc)
+                self._set_state("recovering", leader=False)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+
+    async def _try_lead(self, conn: Connection) -> bool:
+        cur = await conn.execute(query("try_leader_lock"), self._labels)
+        row = await cur.fetchone()
+        await conn.commit()
+        return bool(row and row[0])
+
+    async def _lead(self, conn: Connection) -> None:
+        checkpoint = await self._load_checkpoint(conn)
+        self._set_state("running", leader=True)
+        self.became_leader.set()
+        log.info("listener %s is the leader (%s)", self.settings.listener_id, self.instance_id)
+        while True:
+            fetched = await self._fan_out_batch(conn, checkpoint)
+            if fetched < self.settings.batch_size:
+                await self.doorbell.wait(self.settings.poll_interval_s)
+
+    async def _load_checkpoint(self, conn: Connection) -> Checkpoint:
+        cur = await conn.execute(query("load_checkpoint"), self._labels)
+        row = await cur.fetchone()
+        await conn.commit()
+        return Checkpoint(txid=row[0], event_id=row[1]) if row else Checkpoint()
+
+    # -- one batch, one transaction ---------------------------------------------------------
+
+    async def _fan_out_batch(self, conn: Connection, checkpoint: Checkpoint) -> int:
+        """Read committed events after the checkpoint, write their jobs and the new checkpoint,
+        commit once. Returns how many events were read."""
+        started = time.perf_counter()
+        cur = await conn.execute(
+            query("fetch_committed_events"),
+            {
+                "txid": checkpoint.txid,
+                "event_id": checkpoint.event_id,
+                "limit": self.settings.batch_size,
+            },
+        )
+        rows = await cur.fetchall()
+        if not rows:
+            await conn.rollback()
+            return 0
+        events = [_event(row) for row in rows]
+        plan = plan_fanout(events, self.index)
+        if plan.jobs:
+            async with cur.copy(query("copy_jobs")) as copy:
+                for job in plan.jobs:
+                    await copy.write_row(job)
+        for entry in plan.audit:
+            await cur.execute(query("insert_audit"), entry)
+        last = events[-1]
+        await cur.execute(
+            query("save_checkpoint"),
+            {
+                "listener_id": self.settings.listener_id,
+                "txid": last.txid,
+                "event_id": last.id,
+                "last_processed_at": last.created_at,
+            },
+        )
+        if plan.jobs:
+            await cur.execute(query("notify_jobs"))
+        await conn.commit()
+        checkpoint.txid, checkpoint.event_id = last.txid, last.id
+        self.events_processed += len(events)
+        metrics.events_processed.labels(**self._labels).inc(len(events))
+        metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
+        return len(events)
+
+    # -- liveness -----------------------------------------------------------------------------
+
+    def _set_state(self, state: State, *, leader: bool) -> None:
+        self.state = state
+        self.is_leader = leader
+        metrics.listener_health.labels(**self._labels).set(1 if state == "running" else 0)
+        metrics.listener_is_leader.labels(**self._labels).set(1 if leader else 0)
+
+    async def _heartbeat_loop(self) -> None:
+        conn: Connection | None = None
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = await connect(self.dsn, autocommit=True)
+                lag = await self._measure_lag(conn) if self.is_leader else (0, 0.0)
+                metrics.listener_lag_events.labels(**self._labels).set(lag[0])
+                await self._write_heartbeat(lag, conn)
+            except Exception as exc:
+                log.warning("listener heartbeat failed (%s)", exc)
+                if conn is not None:
+                    await conn.close()
+                conn = None
+            await anyio.sleep(self.settings.heartbeat_s)
+
+    async def _measure_lag(self, conn: Connection) -> tuple[int, float]:
+        cur = await conn.execute(query("listener_lag"), self._labels)
+        row = await cur.fetchone()
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+    async def _write_heartbeat(
+        self, lag: tuple[int, float], conn: Connection | None = None
+    ) -> None:
+        params: dict[str, Any] = {
+            "instance_id": self.instance_id,
+            "listener_id": self.settings.listener_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "state": self.state,
+            "is_leader": self.is_leader,
+            "events_processed": self.events_processed,
+            "lag_events": lag[0],
+            "lag_seconds": lag[1],
+        }
+        if conn is not None:
+            await conn.execute(query("listener_heartbeat"), params)
+            return
+        own = await connect(self.dsn, autocommit=True)
+        try:
+            await own.execute(query("listener_heartbeat"), params)
+        finally:
+            await own.close()
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    return Event(
+        id=row[0],
+        txid=row[1],
+        entity_type=row[2],
+        entity_id=row[3],
+        event_type=row[4],
+        data=row[5],
+        old_data=row[6],
+        changed_fields=row[7],
+        tenant=row[8],
+        actor=row[9],
+        created_at=row[10],
+    )

@@ -1,0 +1,1 @@
+"""Seeing what pgobs does: Prometheus metrics and the audit trail."""

@@ -1,0 +1,59 @@
+"""Prometheus metrics (phase 8.7 names), served by ``pgobs worker --metrics-port``."""
+
+from __future__ import annotations
+
+import errno
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from pgobs.errors import PgobsError
+
+events_processed = Counter(
+    "observer_events_processed",
+    "Events the listener has fanned out.",
+    ["listener_id"],
+)
+listener_health = Gauge(
+    "observer_listener_health",
+    "1 while the listener candidate is connected and working, 0 while it recovers.",
+    ["listener_id"],
+)
+listener_is_leader = Gauge(
+    "observer_listener_is_leader", "1 while this process leads its listener_id.", ["listener_id"]
+)
+listener_lag_events = Gauge(
+    "observer_listener_lag_events", "Committed events not yet fanned out.", ["listener_id"]
+)
+jobs_created = Counter("observer_jobs_created", "Jobs written by fan-out.", ["observer"])
+event_processing_duration = Histogram(
+    "observer_event_processing_duration_seconds",
+    "Time to fan out one batch of events, per event.",
+    buckets=(0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+)
+actions_executed = Counter(
+    "observer_actions_executed", "Action runs that finished, any outcome.", ["action_type"]
+)
+actions_failed = Counter(
+    "observer_actions_failed", "Action runs that failed.", ["action_type", "kind"]
+)
+action_duration = Histogram(
+    "observer_action_duration_seconds",
+    "How long actions take.",
+    ["action_type"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+dlq_moved = Counter("observer_dlq_moved", "Jobs moved to the dead-letter queue.", ["observer"])
+jobs_in_flight = Gauge("observer_jobs_in_flight", "Actions running in this process.")
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``port`` (in a daemon thread); a taken port is a one-line error."""
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PgobsError(
+                f"metrics port {port} is already in use",
+                "pick another --metrics-port, or 0 for none",
+            ) from exc
+        raise PgobsError(f"cannot serve metrics on {host}:{port}: {exc}") from exc

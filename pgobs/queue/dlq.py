@@ -1,0 +1,106 @@
+"""The dead-letter queue, for operators: list, show, retry, stats, purge."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgobs.db.connect import Connection
+from pgobs.db.sqlfiles import query
+from pgobs.errors import NotFound, PgobsError
+
+RETRY_BATCH = 5000
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    observer: str
+    action_index: int
+    action_type: str
+    event_id: int
+    attempts: int
+    error_kind: str
+    last_error: str | None
+    failed_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **{k: getattr(self, k) for k in self.__slots__},
+            "failed_at": self.failed_at.isoformat(),
+        }
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` → a timedelta."""
+    match = _DURATION.match(text.strip().lower())
+    if not match:
+        raise PgobsError(
+            f"cannot read the age {text!r}", "use a number and a unit: 90s, 15m, 12h, 30d, 2w"
+        )
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+async def list_dead(conn: Connection, observer: str | None, limit: int) -> list[DeadLetter]:
+    cur = await conn.execute(query("dlq_list"), {"observer": observer, "limit": limit})
+    return [DeadLetter(*row) for row in await cur.fetchall()]
+
+
+async def show_dead(conn: Connection, dlq_id: int) -> dict[str, Any]:
+    cur = await conn.execute(query("dlq_show"), {"id": dlq_id})
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"no dead letter with id {dlq_id}", "list them with pgobs dlq list")
+    found: dict[str, Any] = row[0]
+    return found
+
+
+async def dead_ids(conn: Connection, observer: str | None) -> list[int]:
+    cur = await conn.execute(query("dlq_select_ids"), {"observer": observer})
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def retry_dead(
+    conn: Connection, ids: list[int], progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Move dead letters back to the queue, ``RETRY_BATCH`` per transaction; returns the count."""
+    moved = 0
+    for start in range(0, len(ids), RETRY_BATCH):
+        async with conn.transaction():
+            cur = await conn.execute(query("dlq_retry"), {"ids": ids[start : start + RETRY_BATCH]})
+            moved += len(await cur.fetchall())
+            await conn.execute(query("notify_jobs"))
+        if progress is not None:
+            progress(min(start + RETRY_BATCH, len(ids)), len(ids))
+    return moved
+
+
+async def stats(conn: Connection, by_observer: bool) -> list[dict[str, Any]]:
+    cur = await conn.execute(query("dlq_stats_by_observer" if by_observer else "dlq_stats"))
+    rows = await cur.fetchall()
+    keys = ["total", "transient", "permanent", "oldest", "newest"]
+    if by_observer:
+        keys = ["observer", *keys]
+    return [
+        {
+            k: (v.isoformat() if isinstance(v, datetime) else v)
+            for k, v in zip(keys, row, strict=True)
+        }
+        for row in rows
+    ]
+
+
+async def purge(conn: Connection, age: timedelta, observer: str | None, dry_run: bool) -> int:
+    params = {"age": age, "observer": observer}
+    if dry_run:
+        cur = await conn.execute(query("dlq_count_older"), params)
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+    async with conn.transaction():
+        cur = await conn.execute(query("dlq_purge"), params)
+        return cur.rowcount

@@ -1,0 +1,159 @@
+"""Claimed jobs and the batched writes that end them (complete, retry, dead-letter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from pgobs.db.connect import Connection
+from pgobs.db.sqlfiles import query
+from pgobs.events import Event
+from pgobs.queue.outcome import ErrorKind
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    observer: str
+    action_index: int
+    attempts: int
+    max_attempts: int
+    event: Event | None  # None: the event is gone (purged) and no payload was kept
+
+    @property
+    def webhook_id(self) -> str:
+        """Stable across retries, unique per event × observer × action (Standard Webhooks)."""
+        event_id = self.event.id if self.event else 0
+        return f"evt_{event_id}_{self.observer}_{self.action_index}"
+
+
+@dataclass
+class Outcomes:
+    """Ends of jobs waiting to be written, gathered so one transaction writes many."""
+
+    completed: list[int] = field(default_factory=list)
+    retry_ids: list[int] = field(default_factory=list)
+    retry_delays: list[float] = field(default_factory=list)
+    retry_errors: list[str] = field(default_factory=list)
+    dead: list[tuple[int, str, ErrorKind]] = field(default_factory=list)
+    discarded: list[tuple[int, str, ErrorKind]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.completed) + len(self.retry_ids) + len(self.dead) + len(self.discarded)
+
+
+class JobStore:
+    def __init__(self, pool: AsyncConnectionPool[Connection], worker_id: str, lease_s: float):
+        self.pool = pool
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+
+    async def claim(self, limit: int) -> list[Job]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                query("claim_jobs"),
+                {"limit": limit, "worker": self.worker_id, "lease_s": self.lease_s},
+            )
+            rows = await cur.fetchall()
+        return [_job(row) for row in rows]
+
+    async def next_due_in(self) -> float | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("next_due_in"))
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def write(self, out: Outcomes) -> list[str]:
+        """Write every outcome in one transaction; returns the observers of dead-lettered jobs."""
+        dead_observers: list[str] = []
+        async with self.pool.connection() as conn, conn.transaction():
+            if out.completed:
+                await conn.execute(query("complete_jobs"), {"ids": out.completed})
+            if out.retry_ids:
+                await conn.execute(
+                    query("retry_jobs"),
+                    {
+                        "ids": out.retry_ids,
+                        "delays": out.retry_delays,
+                        "errors": out.retry_errors,
+                        "worker": self.worker_id,
+                    },
+                )
+            if out.dead:
+                cur = await conn.execute(query("dead_letter_jobs"), self._failures(out.dead))
+                dead_observers = [row[0] for row in await cur.fetchall()]
+            if out.discarded:
+                await conn.execute(query("discard_jobs"), self._failures(out.discarded))
+        return dead_observers
+
+    def _failures(self, failures: list[tuple[int, str, ErrorKind]]) -> dict[str, Any]:
+        return {
+            "ids": [f[0] for f in failures],
+            "errors": [f[1] for f in failures],
+            "kinds": [f[2] for f in failures],
+            "worker": self.worker_id,
+        }
+
+    async def extend_leases(self, ids: list[int]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                query("extend_leases"),
+                {"ids": ids, "worker": self.worker_id, "lease_s": self.lease_s},
+            )
+
+    async def release(self, ids: list[int]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(query("release_jobs"), {"ids": ids, "worker": self.worker_id})
+
+    async def rescue_expired(self) -> tuple[int, list[str]]:
+        """Make expired leases claimable again; dead-letter those that were on their last try."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(query("rescue_expired_jobs"))
+            rescued = len(await cur.fetchall())
+            cur = await conn.execute(query("dead_letter_expired_jobs"))
+            dead = [row[0] for row in await cur.fetchall()]
+        return rescued, dead
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    (
+        job_id,
+        observer,
+        action_index,
+        attempts,
+        max_attempts,
+        payload,
+        event_id,
+        entity_type,
+        *rest,
+    ) = row
+    event: Event | None = None
+    if entity_type is not None:
+        entity_id, event_type, data, old_data, changed, tenant, actor, created_at = rest
+        event = Event(
+            id=event_id,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            event_type=event_type,
+            data=data,
+            old_data=old_data,
+            changed_fields=changed,
+            tenant=tenant,
+            actor=actor,
+            created_at=created_at,
+        )
+    elif isinstance(payload, dict) and "entity_type" in payload:
+        event = Event(
+            id=event_id,
+            entity_type=payload["entity_type"],
+            entity_id=payload.get("entity_id"),
+            event_type=payload.get("event_type", ""),
+            data=payload.get("data"),
+            old_data=payload.get("old_data"),
+            changed_fields=payload.get("changed_fields"),
+            tenant=payload.get("tenant"),
+            actor=payload.get("actor"),
+        )
+    return Job(job_id, observer, action_index, attempts, max_attempts, event)

@@ -1,0 +1,28 @@
+"""How an action run ended, and the failure classes that decide retry or dead-letter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ErrorKind = Literal["transient", "permanent"]
+
+
+class ActionFailed(Exception):
+    """An action did not do its job. ``kind`` decides: retry later, or straight to the DLQ."""
+
+    def __init__(
+        self, message: str, kind: ErrorKind = "transient", retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind: ErrorKind = kind
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    job_id: int
+    message: str
+    kind: ErrorKind
+    retry_after_s: float | None = None

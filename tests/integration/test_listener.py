@@ -1,0 +1,124 @@
+"""The listener against real Postgres and real processes: commit-safe order, rollbacks, lag."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support import Worker, execute, fetch, scalar, wait_until
+
+CONFIG = """
+observers:
+  - name: obs-all
+    entity: Order
+    actions: [{type: log}]
+  - name: obs-paid
+    entity: Order
+    event_type: INSERT
+    condition: "status == 'paid'"
+    actions: [{type: log}, {type: log, level: debug}]
+"""
+
+
+@pytest.fixture
+def orders(dsn: str, tmp_path: Path) -> tuple[str, Path]:
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, status text, note text)")
+    execute(dsn, "CREATE TABLE other (x int)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    config = tmp_path / "observers.yaml"
+    config.write_text(CONFIG)
+    return dsn, config
+
+
+@pytest.fixture
+def listener(orders: tuple[str, Path], tmp_path: Path) -> Iterator[Worker]:
+    dsn, config = orders
+    proc = Worker(
+        dsn, "--role", "listener", "--config", str(config), log_path=tmp_path / "listener.log"
+    )
+    try:
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.listeners WHERE is_leader"))
+        yield proc
+    finally:
+        proc.stop()
+
+
+def jobs_for(dsn: str, event_id: int) -> int:
+    return int(scalar(dsn, "SELECT count(*) FROM pgobs.jobs WHERE event_id = %s", (event_id,)))
+
+
+def test_fans_out_one_job_per_matched_action(listener: Worker, orders: tuple[str, Path]) -> None:
+    dsn, _ = orders
+    execute(dsn, "INSERT INTO orders (status) VALUES ('paid'), ('new')")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 4)
+    rows = set(fetch(dsn, "SELECT event_id, observer, action_index, action_type FROM pgobs.jobs"))
+    assert rows == {
+        (1, "obs-all", 0, "log"),
+        (1, "obs-paid", 0, "log"),
+        (1, "obs-paid", 1, "log"),
+        (2, "obs-all", 0, "log"),
+    }
+    assert scalar(dsn, "SELECT event_id FROM pgobs.checkpoints WHERE listener_id = 'default'") == 2
+
+
+def test_out_of_order_commit_is_still_fanned_out(
+    listener: Worker, orders: tuple[str, Path]
+) -> None:
+    """A lower event id whose transaction commits after higher ids were processed."""
+    dsn, _ = orders
+    with psycopg.connect(dsn) as early_xid, psycopg.connect(dsn) as late:
+        early_xid.execute("INSERT INTO other VALUES (1)")  # takes the older transaction id
+        late.execute("INSERT INTO orders (status) VALUES ('late')")  # event 1, newer xid
+        early_xid.execute("INSERT INTO orders (status) VALUES ('early')")  # event 2, older xid
+        early_xid.commit()
+        wait_until(lambda: jobs_for(dsn, 2) == 1)
+        assert jobs_for(dsn, 1) == 0  # still uncommitted: must wait, not be skipped
+        late.commit()
+    wait_until(lambda: jobs_for(dsn, 1) == 1)
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 2
+
+
+def test_rolled_back_events_are_never_fanned_out(
+    listener: Worker, orders: tuple[str, Path]
+) -> None:
+    dsn, _ = orders
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO orders (status) VALUES ('ghost')")
+        conn.rollback()
+    execute(dsn, "INSERT INTO orders (status) VALUES ('real')")
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 1)
+    assert scalar(dsn, "SELECT event_id FROM pgobs.jobs") == 2  # id 1 was rolled back
+
+
+def test_long_transaction_delays_but_loses_nothing_and_shows_lag(
+    listener: Worker, orders: tuple[str, Path]
+) -> None:
+    dsn, _ = orders
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("SELECT pg_current_xact_id()")  # holds back the snapshot xmin
+        execute(dsn, "INSERT INTO orders (status) SELECT 'new' FROM generate_series(1, 5)")
+        wait_until(lambda: scalar(dsn, "SELECT max(lag_events) FROM pgobs.listeners") == 5)
+        assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 0
+        assert scalar(dsn, "SELECT max(lag_seconds) FROM pgobs.listeners") >= 0
+        blocker.commit()
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 5)
+    wait_until(lambda: scalar(dsn, "SELECT max(lag_events) FROM pgobs.listeners") == 0)
+
+
+def test_undecodable_event_is_audited_and_the_batch_goes_on(
+    listener: Worker, orders: tuple[str, Path]
+) -> None:
+    dsn, _ = orders
+    deep = "[" * 3000 + "]" * 3000
+    execute(
+        dsn,
+        "SELECT pgobs.emit('Order', 'INSERT', '9', jsonb_build_object('x', %s::jsonb))",
+        (deep,),
+    )
+    execute(dsn, "INSERT INTO orders (status) VALUES ('after')")
+    wait_until(lambda: jobs_for(dsn, 2) == 1)
+    message = scalar(dsn, "SELECT message FROM pgobs.audit WHERE event_id = 1")
+    assert "cannot decode" in message

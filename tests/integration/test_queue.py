@@ -1,0 +1,314 @@
+"""Jobs to side effects, end to end: real worker processes, a real HTTP receiver, aiosmtpd,
+SQL functions and Python handlers; retries, the DLQ, crashes and concurrency."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import itertools
+import json
+import socket
+from collections.abc import Iterator
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.support import Receiver, Worker, execute, fetch, run_pgobs, scalar, wait_until
+
+SECRET = "whsec_" + base64.b64encode(b"test-secret").decode()
+
+
+@pytest.fixture
+def db(dsn: str) -> str:
+    execute(
+        dsn,
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, status text, total numeric, email text)",
+    )
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    execute(dsn, "CREATE TABLE handled (event_id bigint, how text)")
+    execute(dsn, "CREATE TABLE starts (event_id bigint, pid int)")
+    return dsn
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield box, port
+    finally:
+        controller.stop()
+
+
+def start_worker(dsn: str, tmp: Path, config: str, *args: str, name: str = "w") -> Worker:
+    path = tmp / f"{name}.yaml"
+    path.write_text(config)
+    return Worker(dsn, "--config", str(path), *args, log_path=tmp / f"{name}.log")
+
+
+def verify_signature(request: Any) -> bool:
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    signed = f"{request.headers['webhook-id']}.{request.headers['webhook-timestamp']}.".encode()
+    expected = base64.b64encode(hmac.new(key, signed + request.body, hashlib.sha256).digest())
+    return hmac.compare_digest(request.headers["webhook-signature"], "v1," + expected.decode())
+
+
+def test_end_to_end_webhook_email_sql_and_python(
+    db: str, receiver: Receiver, smtp: tuple[Mailbox, int], tmp_path: Path
+) -> None:
+    box, smtp_port = smtp
+    execute(db, "CREATE TABLE shipped (order_id text, total numeric)")
+    execute(
+        db,
+        "CREATE FUNCTION public.ship(event jsonb) RETURNS void LANGUAGE sql AS $$ "
+        "INSERT INTO shipped VALUES (event->>'entity_id', (event->'data'->>'total')::numeric) $$",
+    )
+    config = f"""
+observers:
+  - name: obs-paid
+    entity: Order
+    event_type: created
+    condition: "status == 'paid' && total > 100"
+    actions:
+      - type: webhook
+        url: {receiver.url}/hooks/orders
+        signing_secret: {SECRET}
+        headers: {{X-Source: pgobs-test}}
+      - type: email
+        host: 127.0.0.1
+        port: {smtp_port}
+        from: shop@example.com
+        to_template: "{{{{ data.email }}}}"
+        subject_template: "Order {{{{ data.id }}}} paid"
+        body_template: "Total: {{{{ data.total }}}}"
+      - type: database
+        function: public.ship
+      - type: python
+        handler: handlers:record
+      - type: python
+        handler: handlers:record_sync
+"""
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(
+            db,
+            "INSERT INTO orders (status, total, email) VALUES "
+            "('paid', 150, 'a@example.com'), ('new', 900, 'b@example.com'), "
+            "('paid', 500, 'c@example.com')",
+        )
+        hooks = receiver.wait_for(2, "/hooks/orders")
+        wait_until(
+            lambda: (
+                len(box.messages) == 2
+                and scalar(db, "SELECT count(*) FROM handled") == 4
+                and scalar(db, "SELECT count(*) FROM shipped") == 2
+            )
+        )
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0)
+    finally:
+        worker.stop()
+    assert all(verify_signature(h) for h in hooks)
+    assert {h.headers["x-source"] for h in hooks} == {"pgobs-test"}
+    assert len({h.headers["webhook-id"] for h in hooks}) == 2
+    body = hooks[0].json()
+    assert body["observer"] == "obs-paid"
+    assert body["entity_type"] == "Order" and body["event_type"] == "INSERT"
+    assert {h.json()["data"]["total"] for h in hooks} == {150, 500}
+    assert sorted(m.rcpt_tos[0] for m in box.messages) == ["a@example.com", "c@example.com"]
+    subjects = sorted(message_from_bytes(m.content)["Subject"] for m in box.messages)
+    assert subjects == ["Order 1 paid", "Order 3 paid"]
+    assert sorted(r[0] for r in fetch(db, "SELECT how FROM handled")) == [
+        "async",
+        "async",
+        "sync",
+        "sync",
+    ]
+    assert sorted(r[0] for r in fetch(db, "SELECT total FROM shipped")) == [150, 500]
+    assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 0
+
+
+def test_retries_dead_letters_and_retry_all(db: str, receiver: Receiver, tmp_path: Path) -> None:
+    receiver.respond("/fail", 500, 500, 500)
+    receiver.respond("/bad", 400)
+    config = f"""
+observers:
+  - name: obs-webhook
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/fail"}}]
+    retry: {{max_attempts: 3, initial_delay_ms: 200, backoff_strategy: exponential, jitter: false}}
+  - name: obs-bad
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/bad"}}]
+    retry: {{max_attempts: 5, initial_delay_ms: 50}}
+  - name: obs-reject
+    entity: Order
+    actions: [{{type: python, handler: "handlers:reject"}}]
+"""
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('paid')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.dlq") == 3)
+        tries = receiver.to("/fail")
+        assert len(tries) == 3
+        assert len(receiver.to("/bad")) == 1  # a 400 is permanent: one try
+        gaps = [b.at - a.at for a, b in itertools.pairwise(tries)]
+        assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[1] > gaps[0]
+        assert len({t.headers["webhook-id"] for t in tries}) == 1  # stable across retries
+
+        dead = {
+            r[0]: r[1:]
+            for r in fetch(
+                db,
+                "SELECT observer, attempts, error_kind, jsonb_array_length(errors), last_error "
+                "FROM pgobs.dlq",
+            )
+        }
+        assert dead["obs-webhook"][:3] == (3, "transient", 3)
+        assert "answered 500" in dead["obs-webhook"][3]
+        assert dead["obs-bad"][:3] == (1, "permanent", 1)
+        assert dead["obs-reject"][:2] == (1, "permanent")
+        assert "can never be shipped" in dead["obs-reject"][3]
+
+        listed = json.loads(run_pgobs(db, "dlq", "list", "--json").stdout)
+        assert {d["observer"] for d in listed} == {"obs-webhook", "obs-bad", "obs-reject"}
+        shown = json.loads(run_pgobs(db, "dlq", "show", str(listed[0]["id"])).stdout)
+        assert shown["event"]["data"]["status"] == "paid"
+        stats = json.loads(run_pgobs(db, "dlq", "stats", "--by-observer", "--json").stdout)
+        assert {s["observer"]: s["total"] for s in stats} == {
+            "obs-webhook": 1,
+            "obs-bad": 1,
+            "obs-reject": 1,
+        }
+
+        dry = run_pgobs(db, "dlq", "retry-all", "--observer", "obs-webhook", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert "would retry 1 dead letter(s) of obs-webhook" in dry.stdout
+        assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 3
+        assert scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0
+
+        real = run_pgobs(db, "dlq", "retry-all", "--observer", "obs-webhook")
+        assert "retried 1 dead letter(s)" in real.stdout
+        receiver.wait_for(4, "/fail")  # the endpoint recovered: the 4th request succeeds
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0)
+        assert scalar(db, "SELECT count(*) FROM pgobs.dlq WHERE observer = 'obs-webhook'") == 0
+        assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 2
+        assert receiver.to("/fail")[-1].headers["webhook-id"] == tries[0].headers["webhook-id"]
+
+        purge = run_pgobs(db, "dlq", "purge", "--older-than", "1d", "--dry-run")
+        assert "would delete 0 dead letter(s)" in purge.stdout
+        bad_age = run_pgobs(db, "dlq", "purge", "--older-than", "soon")
+        assert bad_age.returncode == 1
+        assert "cannot read the age 'soon'" in bad_age.stderr
+        unknown = run_pgobs(db, "dlq", "show", "99999")
+        assert unknown.returncode == 1
+        assert "no dead letter with id 99999" in unknown.stderr
+    finally:
+        worker.stop()
+
+
+def test_sigkill_mid_action_the_job_runs_again(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-slow
+    entity: Order
+    actions: [{type: python, handler: "handlers:slow"}]
+"""
+    first = start_worker(db, tmp_path, config, "--lease-seconds", "2", name="first")
+    second = None
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM starts") == 1)
+        first.kill()
+        assert scalar(db, "SELECT count(*) FROM handled") == 0
+        second = start_worker(db, tmp_path, config, "--lease-seconds", "2", name="second")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM handled") == 1, timeout=20)
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0)
+    finally:
+        if second:
+            second.stop()
+        first.stop()
+    pids = [r[0] for r in fetch(db, "SELECT pid FROM starts ORDER BY pid")]
+    assert len(pids) == 2 and second is not None and second.pid in pids and first.pid in pids
+    assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 0
+
+
+def test_never_more_than_concurrency_actions_at_once(
+    db: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.delay_s = 0.2
+    config = f"""
+observers:
+  - name: obs-webhook
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/slow"}}]
+"""
+    worker = start_worker(db, tmp_path, config, "--concurrency", "3")
+    try:
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 12)")
+        receiver.wait_for(12, "/slow")
+    finally:
+        worker.stop()
+    assert receiver.max_in_flight == 3
+
+
+def test_actions_of_one_event_run_concurrently(db: str, receiver: Receiver, tmp_path: Path) -> None:
+    receiver.delay_s = 0.5
+    hook = f'{{type: webhook, url: "{receiver.url}/slow"}}'
+    config = f"""
+observers:
+  - name: obs-three
+    entity: Order
+    actions: [{hook}, {hook}, {hook}]
+"""
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        arrived = receiver.wait_for(3, "/slow")
+    finally:
+        worker.stop()
+    starts = sorted(r.at for r in arrived)
+    assert starts[-1] - starts[0] < 0.25  # all three started before the first one finished
+    assert receiver.max_in_flight == 3
+
+
+def test_sigterm_finishes_running_actions_and_hands_back_the_rest(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-slow
+    entity: Order
+    actions: [{type: python, handler: "handlers:slow"}]
+"""
+    first = start_worker(db, tmp_path, config, "--concurrency", "2", name="first")
+    try:
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 6)")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM starts") == 2)
+        assert first.terminate(timeout=20) == 0
+        assert scalar(db, "SELECT count(*) FROM handled") == 2  # running ones finished
+        assert scalar(db, "SELECT count(*) FROM pgobs.jobs") == 4
+        assert scalar(db, "SELECT count(*) FROM pgobs.jobs WHERE locked_by IS NOT NULL") == 0
+        assert scalar(db, "SELECT max(attempts) FROM pgobs.jobs") == 0
+    finally:
+        first.stop()
+    second = start_worker(db, tmp_path, config, "--concurrency", "8", name="second")
+    try:
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM handled") == 6)
+    finally:
+        second.stop()
+    assert scalar(db, "SELECT count(*) FROM starts") == 6  # nothing ran twice
