@@ -12,6 +12,7 @@ from typing import Literal
 import anyio
 
 from pgobs.config.model import Config
+from pgobs.db.migrate import ensure_migrated
 from pgobs.listener.listener import Listener, ListenerSettings
 from pgobs.listener.notifier import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.queue.worker import WorkerPool, WorkerSettings
@@ -29,6 +30,7 @@ class ProcessSettings:
 
 
 async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> None:
+    await ensure_migrated(dsn)
     notifier = Notifier(dsn, (EVENTS_CHANNEL, JOBS_CHANNEL))
     pool = (
         WorkerPool(dsn, config, notifier.doorbells[JOBS_CHANNEL], settings.worker)

@@ -29,12 +29,14 @@ SELECT txid::text::bigint, event_id FROM pgobs.checkpoints WHERE listener_id = %
 -- name: fetch_committed_events
 -- Events whose transaction has ended (txid below the snapshot's xmin), after the checkpoint,
 -- in commit-safe order. A lower id that commits late still has txid >= xmin until it commits.
-SELECT id, txid::text::bigint, entity_type, entity_id, event_type, data, old_data,
-       changed_fields, tenant, actor, created_at
-FROM pgobs.events
-WHERE (txid, id) > (%(txid)s::text::xid8, %(event_id)s)
-  AND txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY txid, id
+-- Names are qualified: a bare "ORDER BY txid" would sort by the bigint output column, not the
+-- indexed xid8 one, and read the whole table.
+SELECT e.id, e.txid::text::bigint AS txid_number, e.entity_type, e.entity_id, e.event_type,
+       e.data, e.old_data, e.changed_fields, e.tenant, e.actor, e.created_at
+FROM pgobs.events AS e
+WHERE (e.txid, e.id) > (%(txid)s::text::xid8, %(event_id)s)
+  AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY e.txid, e.id
 LIMIT %(limit)s
 
 -- name: copy_jobs
@@ -85,73 +87,78 @@ SELECT pgobs.track(%(table)s::regclass, %(entity)s, %(id_column)s)
 -- name: claim_jobs
 -- Due, unleased jobs by priority then due time; SKIP LOCKED lets any number of workers claim
 -- at once. Each claim takes a lease and counts an attempt. The event rides along (or the
--- payload, for a retried dead letter whose event was purged).
-WITH next AS (
-    SELECT id FROM pgobs.jobs
-    WHERE locked_until IS NULL AND run_at <= now()
-    ORDER BY priority DESC, run_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
+-- payload, for a retried dead letter whose event was purged). The shapes (= ANY(ARRAY(...)),
+-- LATERAL ... LIMIT 1) pin index lookups: with hash joins a claim scanned whole tables.
+WITH claimed AS (
     UPDATE pgobs.jobs AS j
     SET locked_by = %(worker)s,
         locked_until = now() + make_interval(secs => %(lease_s)s),
         attempts = j.attempts + 1
-    FROM next
-    WHERE j.id = next.id
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM pgobs.jobs
+        WHERE locked_until IS NULL AND run_at <= now()
+        ORDER BY priority DESC, run_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED))
     RETURNING j.id, j.event_id, j.observer, j.action_index, j.attempts, j.max_attempts,
               j.payload
 )
 SELECT c.id, c.observer, c.action_index, c.attempts, c.max_attempts, c.payload,
        c.event_id, e.entity_type, e.entity_id, e.event_type, e.data, e.old_data,
        e.changed_fields, e.tenant, e.actor, e.created_at
-FROM claimed c LEFT JOIN pgobs.events e ON e.id = c.event_id
+FROM claimed c
+LEFT JOIN LATERAL (
+    SELECT * FROM pgobs.events AS ev WHERE ev.id = c.event_id LIMIT 1
+) AS e ON true
 
--- name: complete_jobs
-DELETE FROM pgobs.jobs WHERE id = ANY(%(ids)s)
-
--- name: retry_jobs
-UPDATE pgobs.jobs AS j
-SET locked_by = NULL, locked_until = NULL,
-    run_at = now() + make_interval(secs => r.delay_s),
-    last_error = r.error,
-    errors = j.errors || jsonb_build_array(jsonb_build_object(
-        'attempt', j.attempts, 'error', r.error, 'kind', 'transient', 'at', now()))
-FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[]) AS r(id, delay_s, error)
-WHERE j.id = r.id AND j.locked_by = %(worker)s
-
--- name: dead_letter_jobs
--- Out of attempts or failed for good: move to the DLQ in the transaction that removes the job.
-WITH failed AS (
+-- name: write_outcomes
+-- Every outcome of a batch in one statement (one round trip, atomic): completed jobs are
+-- deleted; retries get their next run_at and the error appended; dead letters move to the DLQ
+-- in the statement that removes them; on_failure: log drops them into the audit trail.
+WITH completed AS (
+    DELETE FROM pgobs.jobs WHERE id = ANY(%(completed)s::bigint[])
+), retried AS (
+    UPDATE pgobs.jobs AS j
+    SET locked_by = NULL, locked_until = NULL,
+        run_at = now() + make_interval(secs => r.delay_s),
+        last_error = r.error,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'error', r.error, 'kind', 'transient', 'at', now()))
+    FROM unnest(%(retry_ids)s::bigint[], %(retry_delays)s::float8[], %(retry_errors)s::text[])
+         AS r(id, delay_s, error)
+    WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[]) AND j.locked_by = %(worker)s
+), failed AS (
     DELETE FROM pgobs.jobs AS j
-    USING unnest(%(ids)s::bigint[], %(errors)s::text[], %(kinds)s::text[]) AS r(id, error, kind)
-    WHERE j.id = r.id AND j.locked_by = %(worker)s
+    USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[])
+          AS r(id, error, kind)
+    WHERE j.id = r.id AND j.id = ANY(%(dead_ids)s::bigint[]) AND j.locked_by = %(worker)s
     RETURNING j.*, r.error, r.kind
-)
-INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, payload,
-                       priority, attempts, max_attempts, last_error, error_kind, errors, created_at)
-SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
-       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
-                f.payload, '{}'::jsonb),
-       f.payload, f.priority, f.attempts, f.max_attempts, f.error, f.kind,
-       f.errors || jsonb_build_array(jsonb_build_object(
-           'attempt', f.attempts, 'error', f.error, 'kind', f.kind, 'at', now())),
-       f.created_at
-FROM failed f
-RETURNING observer
-
--- name: discard_jobs
--- on_failure: log — the job is dropped and its failure kept in the audit trail.
-WITH failed AS (
+), dead AS (
+    INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, payload,
+                           priority, attempts, max_attempts, last_error, error_kind, errors,
+                           created_at)
+    SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
+           coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                    f.payload, '{}'::jsonb),
+           f.payload, f.priority, f.attempts, f.max_attempts, f.error, f.kind,
+           f.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', f.attempts, 'error', f.error, 'kind', f.kind, 'at', now())),
+           f.created_at
+    FROM failed f
+    RETURNING observer
+), dropped AS (
     DELETE FROM pgobs.jobs AS j
-    USING unnest(%(ids)s::bigint[], %(errors)s::text[], %(kinds)s::text[]) AS r(id, error, kind)
-    WHERE j.id = r.id AND j.locked_by = %(worker)s
+    USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[])
+          AS r(id, error, kind)
+    WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[]) AND j.locked_by = %(worker)s
     RETURNING j.event_id, j.observer, j.action_type, j.attempts, r.error, r.kind
+), audited AS (
+    INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, message, details)
+    SELECT 'action', 'failed', d.event_id, d.observer, d.action_type, d.error,
+           jsonb_build_object('attempts', d.attempts, 'error_kind', d.kind)
+    FROM dropped d
 )
-INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, message, details)
-SELECT 'action', 'failed', f.event_id, f.observer, f.action_type, f.error,
-       jsonb_build_object('attempts', f.attempts, 'error_kind', f.kind)
-FROM failed f
+SELECT observer FROM dead
 
 -- name: extend_leases
 UPDATE pgobs.jobs SET locked_until = now() + make_interval(secs => %(lease_s)s)

@@ -39,3 +39,7 @@ def reject(event: Event) -> None:
 
 def blocking(event: Event) -> None:
     time.sleep(0.2)
+
+
+async def hang(event: Event) -> None:
+    await asyncio.sleep(3600)

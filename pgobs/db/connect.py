@@ -91,12 +91,19 @@ async def _configure_pooled(conn: psycopg.AsyncConnection[Any]) -> None:
 async def open_pool(
     dsn: str, *, max_size: int = 4, name: str = "pgobs"
 ) -> AsyncIterator[AsyncConnectionPool[Connection]]:
-    """A pool that fails fast with a clear error when the server is unreachable."""
+    """A pool of autocommit connections (one round trip per statement; a multi-statement unit
+    uses ``conn.transaction()``) that fails fast when the server is unreachable."""
     # One direct connection first: the pool alone would retry silently for its whole timeout.
     probe = await connect(dsn)
     await probe.close()
     pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-        dsn, min_size=1, max_size=max_size, open=False, name=name, configure=_configure_pooled
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        name=name,
+        configure=_configure_pooled,
+        kwargs={"autocommit": True},
     )
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
     try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgobs.db.connect import connect
+from pgobs.db.connect import Connection, connect
 from pgobs.db.sqlfiles import migration_files, query
+from pgobs.errors import PgobsError
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +25,7 @@ async def migrate(dsn: str, *, dry_run: bool = False) -> MigrationPlan:
     try:
         await conn.execute(query("migration_lock"))
         try:
-            cur = await conn.execute(query("migrations_table_exists"))
-            exists = await cur.fetchone()
-            done: set[str] = set()
-            if exists and exists[0]:
-                cur = await conn.execute(query("applied_migrations"))
-                done = {version for (version,) in await cur.fetchall()}
+            done = await _applied(conn)
             pending = [(v, p) for v, p in migration_files() if v not in done]
             if not dry_run:
                 for _, path in pending:
@@ -39,3 +35,25 @@ async def migrate(dsn: str, *, dry_run: bool = False) -> MigrationPlan:
             await conn.execute(query("migration_unlock"))
     finally:
         await conn.close()
+
+
+async def ensure_migrated(dsn: str) -> None:
+    """Refuse to run against a database whose pgobs schema is missing or behind this version."""
+    conn = await connect(dsn, autocommit=True)
+    try:
+        done = await _applied(conn)
+    finally:
+        await conn.close()
+    missing = [v for v, _ in migration_files() if v not in done]
+    if missing:
+        what = "has no pgobs schema" if not done else f"lacks migrations {', '.join(missing)}"
+        raise PgobsError(f"the database {what}", "run pgobs migrate")
+
+
+async def _applied(conn: Connection) -> set[str]:
+    cur = await conn.execute(query("migrations_table_exists"))
+    exists = await cur.fetchone()
+    if not (exists and exists[0]):
+        return set()
+    cur = await conn.execute(query("applied_migrations"))
+    return {version for (version,) in await cur.fetchall()}

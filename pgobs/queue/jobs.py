@@ -66,35 +66,21 @@ class JobStore:
         return None if row is None or row[0] is None else float(row[0])
 
     async def write(self, out: Outcomes) -> list[str]:
-        """Write every outcome in one transaction; returns the observers of dead-lettered jobs."""
-        dead_observers: list[str] = []
-        async with self.pool.connection() as conn, conn.transaction():
-            if out.completed:
-                await conn.execute(query("complete_jobs"), {"ids": out.completed})
-            if out.retry_ids:
-                await conn.execute(
-                    query("retry_jobs"),
-                    {
-                        "ids": out.retry_ids,
-                        "delays": out.retry_delays,
-                        "errors": out.retry_errors,
-                        "worker": self.worker_id,
-                    },
-                )
-            if out.dead:
-                cur = await conn.execute(query("dead_letter_jobs"), self._failures(out.dead))
-                dead_observers = [row[0] for row in await cur.fetchall()]
-            if out.discarded:
-                await conn.execute(query("discard_jobs"), self._failures(out.discarded))
-        return dead_observers
-
-    def _failures(self, failures: list[tuple[int, str, ErrorKind]]) -> dict[str, Any]:
-        return {
-            "ids": [f[0] for f in failures],
-            "errors": [f[1] for f in failures],
-            "kinds": [f[2] for f in failures],
+        """Write every outcome in one statement; returns the observers of dead-lettered jobs."""
+        params: dict[str, Any] = {
+            "completed": out.completed,
+            "retry_ids": out.retry_ids,
+            "retry_delays": out.retry_delays,
+            "retry_errors": out.retry_errors,
             "worker": self.worker_id,
         }
+        for prefix, failures in (("dead", out.dead), ("drop", out.discarded)):
+            params[f"{prefix}_ids"] = [f[0] for f in failures]
+            params[f"{prefix}_errors"] = [f[1] for f in failures]
+            params[f"{prefix}_kinds"] = [f[2] for f in failures]
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("write_outcomes"), params)
+            return [row[0] for row in await cur.fetchall()]
 
     async def extend_leases(self, ids: list[int]) -> None:
         async with self.pool.connection() as conn:

@@ -41,7 +41,19 @@ class WorkerSettings:
 
     @property
     def batch(self) -> int:
-        return self.claim_batch or max(self.concurrency * 4, 128)
+        return self.claim_batch or max(self.concurrency * 16, 512)
+
+
+class _Slot:
+    """What one runner is doing, for the watchdog."""
+
+    __slots__ = ("deadline", "expired", "job", "scope")
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.deadline = 0.0
+        self.expired: Job | None = None
+        self.scope = anyio.CancelScope()
 
 
 class WorkerPool:
@@ -54,6 +66,7 @@ class WorkerPool:
         self.settings = settings or WorkerSettings()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._held: set[int] = set()  # claimed and not yet ended
+        self._slots: list[_Slot] = []
         self._running: dict[int, Job] = {}
         self._released: list[int] = []
         self._outcomes = Outcomes()
@@ -77,12 +90,14 @@ class WorkerPool:
             ) as http,
         ):
             store = JobStore(pool, self.worker_id, s.lease_s)
+            metrics.jobs_in_flight.set_function(lambda: len(self._running))
             executor = ActionExecutor(self.config, pool, http)
             send, receive = anyio.create_memory_object_stream[Job](max_buffer_size=math.inf)
             async with anyio.create_task_group() as service:
                 service.start_soon(self._flusher, store)
                 service.start_soon(self._lease_keeper, store)
                 service.start_soon(self._rescuer, store)
+                service.start_soon(self._watchdog, executor)
                 async with anyio.create_task_group() as runners:
                     service.start_soon(self._grace_watchdog, runners.cancel_scope)
                     async with receive:
@@ -142,22 +157,48 @@ class WorkerPool:
     async def _runner(
         self, executor: ActionExecutor, receive: MemoryObjectReceiveStream[Job]
     ) -> None:
+        """Runs jobs one after another inside one cancel scope, which the watchdog cancels when
+        the current job passes its deadline; then a fresh scope takes over."""
+        slot = _Slot()
+        self._slots.append(slot)
         async with receive:
-            async for job in receive:
-                if self._stopping.is_set():
-                    self._released.append(job.id)  # claimed, never started: hand it back
-                    continue
-                self._running[job.id] = job
-                metrics.jobs_in_flight.inc()
-                try:
-                    failure = await executor.run(job)
-                finally:
-                    del self._running[job.id]
-                    metrics.jobs_in_flight.dec()
-                self._record(job, failure)
-                self._held.discard(job.id)
-                if len(self._held) < self.settings.batch // 2:
-                    self._capacity.ring()
+            while True:
+                with anyio.CancelScope() as slot.scope:
+                    async for job in receive:
+                        if self._stopping.is_set():
+                            self._released.append(job.id)  # claimed, never started: hand back
+                            continue
+                        self._running[job.id] = job
+                        slot.deadline = anyio.current_time() + executor.timeout_s(job)
+                        slot.job = job
+                        try:
+                            failure = await executor.run(job)
+                        finally:
+                            slot.job = None
+                            del self._running[job.id]
+                        slot.expired = None  # finished after all (it swallowed the cancel)
+                        self._finish(job, failure)
+                    return
+                expired, slot.expired = slot.expired, None
+                if expired is not None:
+                    self._finish(expired, executor.timed_out(expired))
+
+    async def _watchdog(self, executor: ActionExecutor) -> None:
+        """Cancels the runners whose job is past its deadline, checking every ``tick`` s."""
+        tick = min(0.05, max(0.005, executor.shortest_timeout_s() / 4))
+        while True:
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for slot in self._slots:
+                if slot.job is not None and slot.expired is None and slot.deadline <= now:
+                    slot.expired = slot.job
+                    slot.scope.cancel()
+
+    def _finish(self, job: Job, failure: Failure | None) -> None:
+        self._record(job, failure)
+        self._held.discard(job.id)
+        if len(self._held) < self.settings.batch // 2:
+            self._capacity.ring()
 
     def _record(self, job: Job, failure: Failure | None) -> None:
         out = self._outcomes
@@ -201,6 +242,8 @@ class WorkerPool:
                 await anyio.sleep(0.5)
                 continue
             self.completed += len(batch.completed)
+            if batch.retry_ids:
+                self.doorbell.ring()  # the claimer re-reads when the next job is due
             for observer in dead:
                 metrics.dlq_moved.labels(observer).inc()
 

@@ -75,6 +75,16 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_worker_refuses_a_database_without_the_schema(empty_dsn: str, tmp_path: Path) -> None:
+    config = tmp_path / "observers.yaml"
+    config.write_text("observers:\n  - name: a\n    entity: Order\n    actions: [{type: log}]\n")
+    result = run_pgobs(empty_dsn, "worker", "--config", str(config), "--metrics-port", "0")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "pgobs: error: the database has no pgobs schema (run pgobs migrate)"
+    )
+
+
 def test_worker_refuses_a_config_with_unset_env(dsn: str, tmp_path: Path) -> None:
     config = tmp_path / "observers.yaml"
     config.write_text(

@@ -312,3 +312,26 @@ observers:
     finally:
         second.stop()
     assert scalar(db, "SELECT count(*) FROM starts") == 6  # nothing ran twice
+
+
+def test_an_action_past_its_timeout_is_cancelled_and_retried(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-hang
+    entity: Order
+    actions: [{type: python, handler: "handlers:hang", timeout_ms: 200}]
+    retry: {max_attempts: 2, initial_delay_ms: 10}
+  - name: obs-fine
+    entity: Order
+    actions: [{type: python, handler: "handlers:record"}]
+"""
+    worker = start_worker(db, tmp_path, config, "--concurrency", "1")
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.dlq") == 1)
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM handled") == 1)
+    finally:
+        worker.stop()
+    attempts, error = fetch(db, "SELECT attempts, last_error FROM pgobs.dlq")[0]
+    assert attempts == 2
+    assert error == "python action timed out after 200 ms"
