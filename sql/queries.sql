@@ -256,3 +256,12 @@ WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = 
 -- name: dlq_purge
 DELETE FROM pgobs.dlq
 WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = %(observer)s)
+
+-- name: events_held_back
+-- Committed events after the checkpoint that an older, still open transaction holds back
+-- (their txid is not yet below the snapshot's xmin). Nothing will notify when it ends.
+SELECT EXISTS (
+    SELECT 1 FROM pgobs.events AS e
+    WHERE (e.txid, e.id) > (%(txid)s::text::xid8, %(event_id)s)
+      AND e.txid >= pg_snapshot_xmin(pg_current_snapshot())
+)

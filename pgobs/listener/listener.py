@@ -29,6 +29,8 @@ from pgobs.observability import metrics
 
 log = logging.getLogger("pgobs.listener")
 
+HELD_BACK_FIRST_WAIT_S = 0.001
+
 State = Literal["initializing", "connecting", "running", "recovering", "stopped"]
 
 
@@ -121,10 +123,27 @@ class Listener:
         self._set_state("running", leader=True)
         self.became_leader.set()
         log.info("listener %s is the leader (%s)", self.settings.listener_id, self.instance_id)
+        held_back_wait = HELD_BACK_FIRST_WAIT_S
         while True:
             fetched = await self._fan_out_batch(conn, checkpoint)
-            if fetched < self.settings.batch_size:
+            if fetched >= self.settings.batch_size:
+                continue
+            if await self._events_held_back(conn, checkpoint):
+                # An older transaction (often a worker's claim) holds the snapshot's xmin back;
+                # its end sends no notification, so look again soon, backing off to the poll.
+                await self.doorbell.wait(held_back_wait)
+                held_back_wait = min(held_back_wait * 2, self.settings.poll_interval_s)
+            else:
+                held_back_wait = HELD_BACK_FIRST_WAIT_S
                 await self.doorbell.wait(self.settings.poll_interval_s)
+
+    async def _events_held_back(self, conn: Connection, checkpoint: Checkpoint) -> bool:
+        cur = await conn.execute(
+            query("events_held_back"), {"txid": checkpoint.txid, "event_id": checkpoint.event_id}
+        )
+        row = await cur.fetchone()
+        await conn.rollback()
+        return bool(row and row[0])
 
     async def _load_checkpoint(self, conn: Connection) -> Checkpoint:
         cur = await conn.execute(query("load_checkpoint"), self._labels)
