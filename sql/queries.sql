@@ -13,9 +13,16 @@ SELECT to_regclass('pgobs.schema_migrations') IS NOT NULL
 SELECT version FROM pgobs.schema_migrations ORDER BY version
 
 -- name: listener_session_settings
--- The leader's session: notice a dead peer within seconds, never hang on a lock.
+-- The leader's session: notice a dead peer within seconds, never hang on a lock. A fan-out
+-- commit need not wait for its WAL flush: jobs and checkpoint are one transaction, so a server
+-- crash loses both or neither, and the events are read again. No loss, no double fan-out.
 SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3;
-SET lock_timeout = '5s'; SET idle_in_transaction_session_timeout = '60s'
+SET lock_timeout = '5s'; SET synchronous_commit = off
+
+-- name: claimer_session_settings
+-- A claim lost in a server crash only makes its jobs claimable again, which at-least-once
+-- delivery allows; completions keep synchronous commit, so a finished job never runs twice.
+SET synchronous_commit = off
 
 -- name: try_leader_lock
 SELECT pg_try_advisory_lock(2024061501, hashtext(%(listener_id)s))
@@ -39,24 +46,34 @@ WHERE (e.txid, e.id) > (%(txid)s::text::xid8, %(event_id)s)
 ORDER BY e.txid, e.id
 LIMIT %(limit)s
 
--- name: copy_jobs
-COPY pgobs.jobs (event_id, observer, action_index, action_type, priority, max_attempts) FROM STDIN
-
--- name: save_checkpoint
-INSERT INTO pgobs.checkpoints (listener_id, txid, event_id, last_processed_at, updated_at)
-VALUES (%(listener_id)s, %(txid)s::text::xid8, %(event_id)s, %(last_processed_at)s, now())
-ON CONFLICT (listener_id) DO UPDATE
-SET txid = EXCLUDED.txid, event_id = EXCLUDED.event_id,
-    last_processed_at = EXCLUDED.last_processed_at, updated_at = now()
+-- name: fan_out
+-- One batch's whole write, as one statement on the leader's session (atomic; one round trip):
+-- a job per matched action, audit rows for events an observer could not judge, the new
+-- checkpoint, and the jobs doorbell (delivered on commit).
+WITH new_jobs AS (
+    INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, priority, max_attempts)
+    SELECT * FROM unnest(%(event_ids)s::bigint[], %(observers)s::text[],
+                         %(action_indexes)s::int[], %(action_types)s::text[],
+                         %(priorities)s::smallint[], %(max_attempts)s::int[])
+), audited AS (
+    INSERT INTO pgobs.audit (kind, status, event_id, observer, entity_type, entity_id,
+                             event_type, message)
+    SELECT 'event', 'error', a.* FROM unnest(%(audit_event_ids)s::bigint[],
+        %(audit_observers)s::text[], %(audit_entity_types)s::text[],
+        %(audit_entity_ids)s::text[], %(audit_event_types)s::text[],
+        %(audit_messages)s::text[]) AS a
+), saved AS (
+    INSERT INTO pgobs.checkpoints (listener_id, txid, event_id, last_processed_at, updated_at)
+    VALUES (%(listener_id)s, %(txid)s::text::xid8, %(event_id)s, %(last_processed_at)s, now())
+    ON CONFLICT (listener_id) DO UPDATE
+    SET txid = EXCLUDED.txid, event_id = EXCLUDED.event_id,
+        last_processed_at = EXCLUDED.last_processed_at, updated_at = now()
+    RETURNING 1
+)
+SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
 
 -- name: notify_jobs
 SELECT pg_notify('pgobs_jobs', '')
-
--- name: insert_audit
-INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, entity_type, entity_id,
-                         event_type, message, details)
-VALUES (%(kind)s, %(status)s, %(event_id)s, %(observer)s, %(action_type)s, %(entity_type)s,
-        %(entity_id)s, %(event_type)s, %(message)s, %(details)s)
 
 -- name: listener_heartbeat
 INSERT INTO pgobs.listeners (instance_id, listener_id, host, pid, state, is_leader,

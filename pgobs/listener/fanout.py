@@ -31,56 +31,73 @@ class ObserverIndex:
         return found
 
 
-# A job row as COPY writes it: event_id, observer, action_index, action_type, priority, max_attempts
-JobRow = tuple[int, str, int, str, int, int]
+AUDIT_COLUMNS = (
+    "audit_event_ids",
+    "audit_observers",
+    "audit_entity_types",
+    "audit_entity_ids",
+    "audit_event_types",
+    "audit_messages",
+)
 
 
 @dataclass
 class FanoutPlan:
-    jobs: list[JobRow] = field(default_factory=list)
-    audit: list[dict[str, Any]] = field(default_factory=list)
+    """One batch's writes, column by column, as the fan_out statement takes them."""
+
+    event_ids: list[int] = field(default_factory=list)
+    observers: list[str] = field(default_factory=list)
+    action_indexes: list[int] = field(default_factory=list)
+    action_types: list[str] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)
+    max_attempts: list[int] = field(default_factory=list)
+    audit: dict[str, list[Any]] = field(
+        default_factory=lambda: {name: [] for name in AUDIT_COLUMNS}
+    )
+
+    def add_audit(self, event: Event, obs: Observer | None, message: str) -> None:
+        values = (
+            event.id,
+            obs.name if obs else None,
+            event.entity_type,
+            event.entity_id,
+            event.event_type,
+            message,
+        )
+        for name, value in zip(AUDIT_COLUMNS, values, strict=True):
+            self.audit[name].append(value)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "event_ids": self.event_ids,
+            "observers": self.observers,
+            "action_indexes": self.action_indexes,
+            "action_types": self.action_types,
+            "priorities": self.priorities,
+            "max_attempts": self.max_attempts,
+            **self.audit,
+            "notify": bool(self.event_ids),
+        }
 
 
 def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
     """One job per matched action. An observer that raises on an event is audited, not fatal."""
     plan = FanoutPlan()
-    jobs = plan.jobs
     for event in events:
         if isinstance(event.data, dict) and DATA_ERROR_KEY in event.data:
-            plan.audit.append(
-                observer_error(event, None, f"event data unavailable: {event.data[DATA_ERROR_KEY]}")
-            )
+            plan.add_audit(event, None, f"event data unavailable: {event.data[DATA_ERROR_KEY]}")
         for obs in index.candidates(event.entity_type, event.event_type):
             try:
                 matched = obs.matches(event)
             except Exception as exc:  # conditions never raise by contract; this guards the pipeline
-                plan.audit.append(observer_error(event, obs, f"condition failed: {exc!r}"))
+                plan.add_audit(event, obs, f"condition failed: {exc!r}")
                 continue
             if matched:
                 for position, spec in enumerate(obs.actions):
-                    jobs.append(
-                        (
-                            event.id,
-                            obs.name,
-                            position,
-                            action_type(spec),
-                            obs.priority,
-                            obs.retry.max_attempts,
-                        )
-                    )
+                    plan.event_ids.append(event.id)
+                    plan.observers.append(obs.name)
+                    plan.action_indexes.append(position)
+                    plan.action_types.append(action_type(spec))
+                    plan.priorities.append(obs.priority)
+                    plan.max_attempts.append(obs.retry.max_attempts)
     return plan
-
-
-def observer_error(event: Event, obs: Observer | None, message: str) -> dict[str, Any]:
-    return {
-        "kind": "event",
-        "status": "error",
-        "event_id": event.id,
-        "observer": obs.name if obs else None,
-        "action_type": None,
-        "entity_type": event.entity_type,
-        "entity_id": event.entity_id,
-        "event_type": event.event_type,
-        "message": message,
-        "details": None,
-    }

@@ -89,7 +89,7 @@ class Listener:
             try:
                 # pg_stat_activity shows which process leads: "pgobs listener default pid 123".
                 name = f"pgobs listener {self.settings.listener_id} pid {os.getpid()}"
-                conn = await connect(self.dsn, application_name=name[:63])
+                conn = await connect(self.dsn, autocommit=True, application_name=name[:63])
             except Exception as exc:
                 log.warning("listener cannot connect (%s); retrying in %.1fs", exc, delay)
                 self._set_state("recovering", leader=False)
@@ -99,7 +99,6 @@ class Listener:
             delay = 0.1
             try:
                 await conn.execute(query("listener_session_settings"))
-                await conn.commit()
                 self._set_state("running", leader=False)
                 while True:
                     if await self._try_lead(conn):
@@ -115,7 +114,6 @@ class Listener:
     async def _try_lead(self, conn: Connection) -> bool:
         cur = await conn.execute(query("try_leader_lock"), self._labels)
         row = await cur.fetchone()
-        await conn.commit()
         return bool(row and row[0])
 
     async def _lead(self, conn: Connection) -> None:
@@ -142,20 +140,23 @@ class Listener:
             query("events_held_back"), {"txid": checkpoint.txid, "event_id": checkpoint.event_id}
         )
         row = await cur.fetchone()
-        await conn.rollback()
         return bool(row and row[0])
 
     async def _load_checkpoint(self, conn: Connection) -> Checkpoint:
         cur = await conn.execute(query("load_checkpoint"), self._labels)
         row = await cur.fetchone()
-        await conn.commit()
         return Checkpoint(txid=row[0], event_id=row[1]) if row else Checkpoint()
 
     # -- one batch, one transaction ---------------------------------------------------------
 
     async def _fan_out_batch(self, conn: Connection, checkpoint: Checkpoint) -> int:
-        """Read committed events after the checkpoint, write their jobs and the new checkpoint,
-        commit once. Returns how many events were read."""
+        """Read committed events after the checkpoint; write their jobs, audit rows and the new
+        checkpoint in one statement. Returns how many events were read.
+
+        Two round trips a batch. The read needs no transaction of its own: the events it sees
+        have committed and never change, and the write is atomic on the session that holds
+        the leader lock, so a leader that lost its session writes nothing.
+        """
         started = time.perf_counter()
         cur = await conn.execute(
             query("fetch_committed_events"),
@@ -167,29 +168,20 @@ class Listener:
         )
         rows = await cur.fetchall()
         if not rows:
-            await conn.rollback()
             return 0
         events = [_event(row) for row in rows]
         plan = plan_fanout(events, self.index)
-        if plan.jobs:
-            async with cur.copy(query("copy_jobs")) as copy:
-                for job in plan.jobs:
-                    await copy.write_row(job)
-        for entry in plan.audit:
-            await cur.execute(query("insert_audit"), entry)
         last = events[-1]
-        await cur.execute(
-            query("save_checkpoint"),
+        await conn.execute(
+            query("fan_out"),
             {
+                **plan.params(),
                 "listener_id": self.settings.listener_id,
                 "txid": last.txid,
                 "event_id": last.id,
                 "last_processed_at": last.created_at,
             },
         )
-        if plan.jobs:
-            await cur.execute(query("notify_jobs"))
-        await conn.commit()
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
         self.events_processed += len(events)
         metrics.events_processed.labels(**self._labels).inc(len(events))

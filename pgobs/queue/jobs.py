@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pgobs.db.connect import Connection
+from pgobs.db.connect import Connection, connect
 from pgobs.db.sqlfiles import query
 from pgobs.events import Event
 from pgobs.queue.outcome import ErrorKind
@@ -45,19 +46,35 @@ class Outcomes:
 
 
 class JobStore:
-    def __init__(self, pool: AsyncConnectionPool[Connection], worker_id: str, lease_s: float):
+    def __init__(
+        self, dsn: str, pool: AsyncConnectionPool[Connection], worker_id: str, lease_s: float
+    ) -> None:
+        self.dsn = dsn
+        self._claim_conn: Connection | None = None
         self.pool = pool
         self.worker_id = worker_id
         self.lease_s = lease_s
 
     async def claim(self, limit: int) -> list[Job]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
+        """Claim up to ``limit`` due jobs, on the claimer's own connection (see
+        claimer_session_settings); a broken connection is replaced on the next call."""
+        if self._claim_conn is None or self._claim_conn.closed:
+            self._claim_conn = await connect(self.dsn, autocommit=True)
+            await self._claim_conn.execute(query("claimer_session_settings"))
+        try:
+            cur = await self._claim_conn.execute(
                 query("claim_jobs"),
                 {"limit": limit, "worker": self.worker_id, "lease_s": self.lease_s},
             )
             rows = await cur.fetchall()
+        except psycopg.Error:
+            await self._claim_conn.close()
+            raise
         return [_job(row) for row in rows]
+
+    async def close(self) -> None:
+        if self._claim_conn is not None:
+            await self._claim_conn.close()
 
     async def next_due_in(self) -> float | None:
         async with self.pool.connection() as conn:

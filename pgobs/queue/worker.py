@@ -89,7 +89,7 @@ class WorkerPool:
                 follow_redirects=False,
             ) as http,
         ):
-            store = JobStore(pool, self.worker_id, s.lease_s)
+            store = JobStore(self.dsn, pool, self.worker_id, s.lease_s)
             metrics.jobs_in_flight.set_function(lambda: len(self._running))
             executor = ActionExecutor(self.config, pool, http)
             send, receive = anyio.create_memory_object_stream[Job](max_buffer_size=math.inf)
@@ -107,6 +107,7 @@ class WorkerPool:
                 # Runners are done: write what is left, hand back what never finished.
                 with anyio.CancelScope(shield=True):
                     await self._hand_back(store)
+                    await store.close()
                 service.cancel_scope.cancel()
 
     # -- claiming ----------------------------------------------------------------------------------
