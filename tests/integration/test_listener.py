@@ -122,3 +122,41 @@ def test_undecodable_event_is_audited_and_the_batch_goes_on(
     wait_until(lambda: jobs_for(dsn, 2) == 1)
     message = scalar(dsn, "SELECT message FROM pgobs.audit WHERE event_id = 1")
     assert "cannot decode" in message
+
+
+def test_listener_ids_shard_with_their_own_checkpoints(dsn: str, tmp_path: Path) -> None:
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, status text)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    shards = []
+    for shard in ("a", "b"):
+        config = tmp_path / f"{shard}.yaml"
+        config.write_text(
+            f"observers:\n  - name: obs-{shard}\n    entity: Order\n    actions: [{{type: log}}]\n"
+        )
+        shards.append(
+            Worker(
+                dsn,
+                "--role",
+                "listener",
+                "--listener-id",
+                shard,
+                "--config",
+                str(config),
+                log_path=tmp_path / f"{shard}.log",
+            )
+        )
+    try:
+        execute(dsn, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 20)")
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 40)
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.listeners WHERE is_leader") == 2)
+    finally:
+        for w in shards:
+            w.stop()
+    assert fetch(dsn, "SELECT listener_id, event_id FROM pgobs.checkpoints ORDER BY 1") == [
+        ("a", 20),
+        ("b", 20),
+    ]
+    assert fetch(dsn, "SELECT observer, count(*) FROM pgobs.jobs GROUP BY 1 ORDER BY 1") == [
+        ("obs-a", 20),
+        ("obs-b", 20),
+    ]

@@ -335,3 +335,100 @@ observers:
     attempts, error = fetch(db, "SELECT attempts, last_error FROM pgobs.dlq")[0]
     assert attempts == 2
     assert error == "python action timed out after 200 ms"
+
+
+def test_slack_cache_log_body_template_and_on_failure_log(
+    db: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    receiver.respond("/gone", 404)
+    execute(
+        db,
+        "INSERT INTO pgobs.cache (key, value, expires_at) VALUES "
+        "('order:1', '{}', now() + interval '1 hour'), "
+        "('order:2', '{}', now() + interval '1 hour')",
+    )
+    config = f"""
+observers:
+  - name: obs-notify
+    entity: Order
+    event_type: INSERT
+    actions:
+      - type: slack
+        webhook_url: {receiver.url}/slack
+        message_template: "Order {{{{ data.id }}}} is {{{{ data.status }}}}"
+        channel: "#orders"
+      - type: webhook
+        url: {receiver.url}/custom
+        body_template:
+          order: "{{{{ data.id }}}}"
+          source: pgobs
+          nested: ["{{{{ event_type }}}}"]
+      - type: cache
+        keys: ["order:{{{{ data.id }}}}"]
+      - type: log
+        message_template: "order {{{{ data.id }}}} seen"
+  - name: obs-drop
+    entity: Order
+    on_failure: log
+    actions: [{{type: webhook, url: "{receiver.url}/gone"}}]
+"""
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('paid')")
+        slack = receiver.wait_for(1, "/slack")[0]
+        custom = receiver.wait_for(1, "/custom")[0]
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0)
+    finally:
+        worker.stop()
+    assert slack.json() == {"text": "Order 1 is paid", "channel": "#orders"}
+    assert custom.json() == {"order": "1", "source": "pgobs", "nested": ["INSERT"]}
+    assert [r[0] for r in fetch(db, "SELECT key FROM pgobs.cache")] == ["order:2"]
+    assert "order 1 seen" in worker.output()
+    assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 0  # on_failure: log drops it...
+    status, message = fetch(
+        db, "SELECT status, message FROM pgobs.audit WHERE observer = 'obs-drop'"
+    )[0]
+    assert status == "failed" and "answered 404" in message  # ...into the audit trail
+
+
+def test_429_honours_retry_after(db: str, receiver: Receiver, tmp_path: Path) -> None:
+    receiver.respond("/busy", 429)
+    receiver.extra_headers = {"Retry-After": "1"}
+    config = f"""
+observers:
+  - name: obs-busy
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/busy"}}]
+    retry: {{max_attempts: 3, initial_delay_ms: 10, max_delay_ms: 5000}}
+"""
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        first, second = receiver.wait_for(2, "/busy")[:2]
+    finally:
+        worker.stop()
+    assert second.at - first.at >= 1.0  # not the 10 ms backoff
+
+
+def test_a_lease_expiring_on_the_last_attempt_dead_letters_the_job(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-slow
+    entity: Order
+    actions: [{type: python, handler: "handlers:slow"}]
+    retry: {max_attempts: 1}
+"""
+    first = start_worker(db, tmp_path, config, "--lease-seconds", "1", name="first")
+    second = None
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM starts") == 1)
+        first.kill()
+        second = start_worker(db, tmp_path, config, "--lease-seconds", "1", name="second")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.dlq") == 1, timeout=20)
+    finally:
+        if second:
+            second.stop()
+        first.stop()
+    assert scalar(db, "SELECT count(*) FROM starts") == 1  # never ran again
+    assert "lease expired on the last attempt" in scalar(db, "SELECT last_error FROM pgobs.dlq")
