@@ -62,7 +62,7 @@ class FanoutPlan:
             event.entity_type,
             event.entity_id,
             event.event_type,
-            message,
+            message.replace("\x00", "\\0"),  # Postgres text cannot hold NUL
         )
         for name, value in zip(AUDIT_COLUMNS, values, strict=True):
             self.audit[name].append(value)

@@ -104,9 +104,21 @@ class Listener:
                     if await self._try_lead(conn):
                         await self._lead(conn)
                     await anyio.sleep(self.settings.leader_retry_s)
-            except psycopg.Error as exc:
+            except psycopg.OperationalError as exc:
                 log.warning("listener %s lost its session (%s)", self.settings.listener_id, exc)
                 self._set_state("recovering", leader=False)
+            except psycopg.Error as exc:
+                # A statement failed on a live session: leadership is given up with the session;
+                # wait before trying again rather than spin on the same batch.
+                log.error(
+                    "listener %s: a batch failed (%s); retrying in 1s",
+                    self.settings.listener_id,
+                    exc,
+                )
+                self._set_state("recovering", leader=False)
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+                await anyio.sleep(1.0)
             finally:
                 with anyio.CancelScope(shield=True):
                     await conn.close()

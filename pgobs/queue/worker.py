@@ -122,18 +122,20 @@ class WorkerPool:
                     continue
                 try:
                     jobs = await store.claim(room)
+                    for job in jobs:
+                        self._held.add(job.id)
+                        send.send_nowait(job)
+                    due = await store.next_due_in() if len(jobs) < room else None
                 except psycopg.Error as exc:
                     log.warning("claiming jobs failed (%s); retrying", exc)
                     await self._wait_or_stop(self._capacity, 1.0)
                     continue
-                for job in jobs:
-                    self._held.add(job.id)
-                    send.send_nowait(job)
                 if len(jobs) < room:
-                    wait = s.poll_interval_s
-                    due = await store.next_due_in()
-                    if due is not None:
-                        wait = min(wait, max(due, 0.001))
+                    wait = (
+                        s.poll_interval_s
+                        if due is None
+                        else min(s.poll_interval_s, max(due, 0.001))
+                    )
                     await self._wait_or_stop(self.doorbell, wait)
 
     async def _wait_or_stop(self, bell: Doorbell, timeout: float) -> None:
