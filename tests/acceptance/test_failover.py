@@ -113,3 +113,38 @@ def test_sigkill_leader_repeatedly_loses_and_duplicates_nothing(dsn: str, tmp_pa
         f"{committed} committed events fanned out exactly once"
     )
     assert max(takeovers) < 2.0
+
+
+def test_a_leader_whose_session_is_killed_steps_down_and_nothing_is_lost(
+    dsn: str, tmp_path: Path
+) -> None:
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, kind text)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    execute(dsn, "CREATE UNIQUE INDEX jobs_once ON pgobs.jobs (event_id, observer, action_index)")
+    config = tmp_path / "observers.yaml"
+    config.write_text(CONFIG)
+    args = ("--role", "listener", "--config", str(config))
+    procs = [Worker(dsn, *args, log_path=tmp_path / f"l{i}.log") for i in range(2)]
+    try:
+        first = wait_until(lambda: leader_pid(dsn))
+        for round_ in range(3):
+            execute(dsn, "INSERT INTO orders (kind) SELECT 'b' FROM generate_series(1, 50)")
+            execute(
+                dsn,
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                "WHERE l.locktype = 'advisory' AND l.classid = 2024061501",
+            )
+            execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 50)")
+            wait_until(
+                lambda r=round_: (
+                    scalar(dsn, "SELECT count(*) FROM pgobs.jobs WHERE observer = 'obs-all'")
+                    == 100 * (r + 1)
+                )
+            )
+        assert all(p.proc.poll() is None for p in procs)  # the processes live on
+        assert first is not None
+        assert "lost its session" in "".join(p.output() for p in procs)
+    finally:
+        for p in procs:
+            p.stop()
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs WHERE observer = 'obs-b'") == 2 * 150
