@@ -118,6 +118,10 @@ def worker(
     """
     if lease_seconds < 1:
         raise PgobsError(f"--lease-seconds must be at least 1, got {lease_seconds:g}")
+    if grace_seconds < 0:
+        raise PgobsError(f"--grace-seconds must not be negative, got {grace_seconds:g}")
+    if not 0 <= metrics_port <= 65535:
+        raise PgobsError(f"--metrics-port must be between 0 and 65535, got {metrics_port}")
     if concurrency < 1:
         raise PgobsError(f"--concurrency must be at least 1, got {concurrency}")
     if not 1 <= batch_size <= 100_000:

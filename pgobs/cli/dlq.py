@@ -10,6 +10,7 @@ from cyclopts import App, Parameter
 
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.db.connect import Connection
+from pgobs.errors import PgobsError
 from pgobs.queue import dlq
 
 app = App(name="dlq", help="The dead-letter queue: jobs out of attempts or failed for good.")
@@ -27,6 +28,8 @@ def list_(
     *, observer: Observer = None, limit: int = 20, json: bool = False, dsn: Dsn = None
 ) -> None:
     """List dead letters, newest first."""
+    if limit < 1:
+        raise PgobsError(f"--limit must be at least 1, got {limit}")
     rows = with_connection(dsn, lambda c: dlq.list_dead(c, observer, limit))
     if json:
         _print_json([r.as_json() for r in rows])

@@ -59,7 +59,7 @@ def parse_config(
             issues.error(
                 ("observers",),
                 "the config needs a non-empty 'observers' list",
-                "observers:\n  - name: ...",
+                "start the file with observers: and a list of observers",
             )
             items = []
         top.finish()
@@ -113,7 +113,7 @@ def _observer(
         issues.error(
             f.at("actions"),
             "an observer needs a non-empty 'actions' list",
-            "actions:\n  - type: webhook",
+            "e.g. actions: [{type: log}]",
         )
         raw_actions = []
     for i, raw_action in enumerate(raw_actions):

@@ -68,6 +68,24 @@ def test_validate_config_reports_lines_and_exits_1(tmp_path: Path) -> None:
     assert "a (line 2): Order on any event" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["worker", "--concurrency", "0"], "--concurrency must be at least 1, got 0"),
+        (["worker", "--metrics-port", "70000"], "--metrics-port must be between 0 and 65535"),
+        (["worker", "--lease-seconds", "0"], "--lease-seconds must be at least 1"),
+        (["worker", "--batch-size", "0"], "--batch-size must be between 1 and 100000"),
+        (["dlq", "list", "--limit", "0"], "--limit must be at least 1, got 0"),
+        (["dlq", "purge", "--older-than", "soon"], "cannot read the age 'soon'"),
+    ],
+)
+def test_bad_options_are_one_line(args: list[str], message: str) -> None:
+    result = run_pgobs("postgresql://nobody@127.0.0.1:1/none", *args)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"pgobs: error: {message}")
+
+
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     result = run_pgobs(None, "validate-config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
