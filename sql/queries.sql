@@ -274,11 +274,8 @@ WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = 
 DELETE FROM pgobs.dlq
 WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = %(observer)s)
 
--- name: events_held_back
--- Committed events after the checkpoint that an older, still open transaction holds back
--- (their txid is not yet below the snapshot's xmin). Nothing will notify when it ends.
-SELECT EXISTS (
-    SELECT 1 FROM pgobs.events AS e
-    WHERE (e.txid, e.id) > (%(txid)s::text::xid8, %(event_id)s)
-      AND e.txid >= pg_snapshot_xmin(pg_current_snapshot())
-)
+-- name: set_waiting
+-- The leader says whether it waits for a wake-up (see 0003_wakeups.sql).
+INSERT INTO pgobs.listener_wakeups (listener_id, waiting, updated_at)
+VALUES (%(listener_id)s, %(waiting)s, now())
+ON CONFLICT (listener_id) DO UPDATE SET waiting = EXCLUDED.waiting, updated_at = now()

@@ -29,7 +29,8 @@ from pgobs.observability import metrics
 
 log = logging.getLogger("pgobs.listener")
 
-HELD_BACK_FIRST_WAIT_S = 0.001
+FIRST_IDLE_WAIT_S = 0.001
+BUSY_BATCH = 8  # a batch this large means writers outpace us: stop asking them for wake-ups
 
 State = Literal["initializing", "connecting", "running", "recovering", "stopped"]
 
@@ -133,26 +134,32 @@ class Listener:
         self._set_state("running", leader=True)
         self.became_leader.set()
         log.info("listener %s is the leader (%s)", self.settings.listener_id, self.instance_id)
-        held_back_wait = HELD_BACK_FIRST_WAIT_S
+        waiting = await self._set_waiting(conn, True)
+        idle_wait = FIRST_IDLE_WAIT_S
         while True:
             fetched = await self._fan_out_batch(conn, checkpoint)
-            if fetched >= self.settings.batch_size:
+            if fetched:
+                idle_wait = FIRST_IDLE_WAIT_S
+                if waiting and fetched >= BUSY_BATCH:
+                    # Events arrive faster than one at a time: read on unwoken, since every
+                    # NOTIFY costs its writer a cluster-wide lock at commit.
+                    waiting = await self._set_waiting(conn, False)
                 continue
-            if await self._events_held_back(conn, checkpoint):
-                # An older transaction (often a worker's claim) holds the snapshot's xmin back;
-                # its end sends no notification, so look again soon, backing off to the poll.
-                await self.doorbell.wait(held_back_wait)
-                held_back_wait = min(held_back_wait * 2, self.settings.poll_interval_s)
-            else:
-                held_back_wait = HELD_BACK_FIRST_WAIT_S
-                await self.doorbell.wait(self.settings.poll_interval_s)
+            if not waiting:
+                waiting = await self._set_waiting(conn, True)
+                continue  # read once more: a writer may have seen us busy an instant ago
+            # Nothing to read. Back off from 1 ms to the poll interval, starting over on every
+            # wake-up: an event can be committed yet invisible (an older transaction holds the
+            # snapshot's xmin back), or its writer saw us busy; neither sends a notification.
+            rung = await self.doorbell.wait(idle_wait)
+            idle_wait = (
+                FIRST_IDLE_WAIT_S if rung else min(idle_wait * 2, self.settings.poll_interval_s)
+            )
 
-    async def _events_held_back(self, conn: Connection, checkpoint: Checkpoint) -> bool:
-        cur = await conn.execute(
-            query("events_held_back"), {"txid": checkpoint.txid, "event_id": checkpoint.event_id}
-        )
-        row = await cur.fetchone()
-        return bool(row and row[0])
+    async def _set_waiting(self, conn: Connection, waiting: bool) -> bool:
+        params = {"listener_id": self.settings.listener_id, "waiting": waiting}
+        await conn.execute(query("set_waiting"), params)
+        return waiting
 
     async def _load_checkpoint(self, conn: Connection) -> Checkpoint:
         cur = await conn.execute(query("load_checkpoint"), self._labels)

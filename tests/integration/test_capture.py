@@ -150,8 +150,33 @@ def test_track_picks_the_primary_key_and_rejects_bad_operations(dsn: str) -> Non
 
 
 def test_insert_notifies_pgobs_events(orders: str) -> None:
+    execute(orders, "INSERT INTO pgobs.listener_wakeups (listener_id) VALUES ('default')")
     with psycopg.connect(orders, autocommit=True) as listener:
         listener.execute("LISTEN pgobs_events")
         execute(orders, "INSERT INTO orders (status) VALUES ('x')")
         notes = list(listener.notifies(timeout=5, stop_after=1))
     assert [n.channel for n in notes] == ["pgobs_events"]
+
+
+def notifications_before_marker(dsn: str, write: str) -> list[str]:
+    """Payloads on pgobs_events from ``write``, up to a marker sent after it (commit order)."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgobs_events")
+        execute(dsn, write)
+        execute(dsn, "NOTIFY pgobs_events, 'marker'")
+        got = []
+        for note in listener.notifies(timeout=5):
+            if note.payload == "marker":
+                return got
+            got.append(note.payload)
+    raise AssertionError("the marker never arrived")
+
+
+def test_writers_wake_only_a_waiting_listener(orders: str) -> None:
+    insert = "INSERT INTO orders (status) VALUES ('x')"
+    assert notifications_before_marker(orders, insert) == []  # no listener: no NOTIFY
+    execute(orders, "INSERT INTO pgobs.listener_wakeups (listener_id, waiting) VALUES ('a', true)")
+    assert notifications_before_marker(orders, insert) == [""]
+    execute(orders, "UPDATE pgobs.listener_wakeups SET waiting = false")  # busy: no NOTIFY
+    assert notifications_before_marker(orders, insert) == []
+    assert notifications_before_marker(orders, "SELECT pgobs.emit('X', 'e')") == []

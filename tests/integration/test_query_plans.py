@@ -85,9 +85,3 @@ def test_outcome_writes_find_jobs_by_key(filled: str) -> None:
     }
     tree = plan(filled, "write_outcomes", params)
     assert "jobs" not in seq_scans(tree) and "events" not in seq_scans(tree)
-
-
-def test_held_back_check_reads_the_index(filled: str) -> None:
-    tree = plan(filled, "events_held_back", {"txid": 0, "event_id": ROWS - 10})
-    assert seq_scans(tree) == set()
-    assert "events_txid_id" in indexes(tree)
