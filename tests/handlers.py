@@ -43,3 +43,20 @@ def blocking(event: Event) -> None:
 
 async def hang(event: Event) -> None:
     await asyncio.sleep(3600)
+
+
+def blocking_long(event: Event) -> None:
+    time.sleep(3)
+
+
+def nul_error(event: Event) -> None:
+    raise RuntimeError("bad byte \x00 in the reply")
+
+
+async def short(event: Event) -> None:
+    """Marks its start with this process's pid and takes 0.2 s."""
+    async with await psycopg.AsyncConnection.connect(os.environ["PGOBS_DSN"], autocommit=True) as c:
+        await c.execute(
+            "INSERT INTO starts (event_id, pid) VALUES (%s, %s)", (event.id, os.getpid())
+        )
+        await asyncio.sleep(0.2)

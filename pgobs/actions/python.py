@@ -1,7 +1,8 @@
 """The python action: a user handler ``module:function``, sync or async, given the Event.
 
 Async handlers run on the worker's event loop. Sync handlers run in a worker thread, so a
-blocking handler never stalls the other jobs. ``pgobs.PermanentError`` means: do not retry.
+blocking handler never stalls the other jobs; past its timeout it is abandoned (reported as a
+timeout) though its thread runs on. ``pgobs.PermanentError`` means: do not retry.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ async def call_handler(spec: PythonSpec, event: Event) -> None:
         if spec.is_async:
             await spec.handler(event)
         else:
-            await anyio.to_thread.run_sync(spec.handler, event)
+            # On a timeout the runner moves on; the thread itself cannot be stopped and finishes
+            # in the background (its result is ignored).
+            await anyio.to_thread.run_sync(spec.handler, event, abandon_on_cancel=True)
     except ActionFailed:
         raise
     except PermanentError as exc:

@@ -14,6 +14,7 @@ from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
 from pgobs.config.yamlsource import load_yaml
 from pgobs.errors import ConfigError
 
+MAX_DELAY_MS = 86_400_000  # a day: a retry further out is a DLQ entry's job, not a delay
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -156,8 +157,10 @@ def _retry(f: Fields) -> RetryPolicy:
         max_attempts=r.integer(
             "max_attempts", default=default.max_attempts, minimum=1, maximum=1000
         ),
-        initial_delay_ms=r.integer("initial_delay_ms", default=default.initial_delay_ms),
-        max_delay_ms=r.integer("max_delay_ms", default=default.max_delay_ms),
+        initial_delay_ms=r.integer(
+            "initial_delay_ms", default=default.initial_delay_ms, maximum=MAX_DELAY_MS
+        ),
+        max_delay_ms=r.integer("max_delay_ms", default=default.max_delay_ms, maximum=MAX_DELAY_MS),
         backoff_strategy=r.string(  # type: ignore[arg-type]  # choices= narrows it
             "backoff_strategy", default="exponential", choices=("exponential", "linear", "fixed")
         ),

@@ -44,6 +44,33 @@ class Outcomes:
     def __len__(self) -> int:
         return len(self.completed) + len(self.retry_ids) + len(self.dead) + len(self.discarded)
 
+    def ids(self) -> list[int]:
+        return [
+            *self.completed,
+            *self.retry_ids,
+            *(d[0] for d in self.dead),
+            *(d[0] for d in self.discarded),
+        ]
+
+    def merge(self, other: Outcomes) -> None:
+        self.completed += other.completed
+        self.retry_ids += other.retry_ids
+        self.retry_delays += other.retry_delays
+        self.retry_errors += other.retry_errors
+        self.dead += other.dead
+        self.discarded += other.discarded
+
+    def split(self) -> list[Outcomes]:
+        """One Outcomes per job: to find the one row a batch write cannot take."""
+        singles = [Outcomes(completed=[i]) for i in self.completed]
+        singles += [
+            Outcomes(retry_ids=[i], retry_delays=[d], retry_errors=[e])
+            for i, d, e in zip(self.retry_ids, self.retry_delays, self.retry_errors, strict=True)
+        ]
+        singles += [Outcomes(dead=[d]) for d in self.dead]
+        singles += [Outcomes(discarded=[d]) for d in self.discarded]
+        return singles
+
 
 class JobStore:
     def __init__(

@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pgobs.actions.executor import ActionExecutor
 from pgobs.config.model import Config
 from pgobs.db.connect import open_pool
+from pgobs.errors import ConnectionFailed
 from pgobs.listener.notifier import Doorbell
 from pgobs.observability import metrics
 from pgobs.queue.backoff import retry_delay_s
@@ -37,11 +38,19 @@ class WorkerSettings:
     lease_s: float = 30.0
     poll_interval_s: float = 1.0
     grace_s: float = 10.0
-    claim_batch: int = 0  # 0: chosen from concurrency
+    max_prefetch: int = 0  # 0: chosen from concurrency
 
     @property
-    def batch(self) -> int:
-        return self.claim_batch or max(self.concurrency * 16, 512)
+    def prefetch_cap(self) -> int:
+        return self.max_prefetch or max(self.concurrency * 16, 512)
+
+
+# Claimed-but-unstarted jobs are kept to about this much work at the observed completion rate:
+# enough to hide a claim's round trip for fast jobs, next to nothing for slow ones (which then
+# stay claimable by idle workers elsewhere, and few are at stake if this process dies).
+PREFETCH_S = 0.02
+CLAIM_AFTER_S = 0.005  # claim again once this much work has freed room
+MESSAGE_LIMIT = 4000
 
 
 class _Slot:
@@ -65,14 +74,17 @@ class WorkerPool:
         self.doorbell = doorbell
         self.settings = settings or WorkerSettings()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._held: set[int] = set()  # claimed and not yet ended
-        self._slots: list[_Slot] = []
+        # Claimed by this process and outcome not yet written: their leases are renewed, they
+        # count against the prefetch, and whatever is left at shutdown is handed back.
+        self._held: set[int] = set()
         self._running: dict[int, Job] = {}
-        self._released: list[int] = []
+        self._slots: list[_Slot] = []
         self._outcomes = Outcomes()
         self._outcome_ready = Doorbell()
         self._capacity = Doorbell()
         self._stopping = anyio.Event()
+        self._finished = 0
+        self._rate = 0.0  # completions per second, smoothed
         self.completed = 0
 
     def stop(self) -> None:
@@ -81,17 +93,21 @@ class WorkerPool:
 
     async def run(self) -> None:
         s = self.settings
-        pool_size = 3 + min(s.concurrency, 8)
+        # Service work (outcomes, leases, rescue) has its own small pool, so slow database
+        # actions can never starve lease renewal; the claimer has its own connection.
         async with (
-            open_pool(self.dsn, max_size=pool_size, name="pgobs-worker") as pool,
+            open_pool(self.dsn, max_size=3, name="pgobs-control") as control,
+            open_pool(
+                self.dsn, max_size=1 + min(s.concurrency, 8), name="pgobs-actions"
+            ) as actions,
             httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=max(s.concurrency, 10)),
                 follow_redirects=False,
             ) as http,
         ):
-            store = JobStore(self.dsn, pool, self.worker_id, s.lease_s)
+            store = JobStore(self.dsn, control, self.worker_id, s.lease_s)
             metrics.jobs_in_flight.set_function(lambda: len(self._running))
-            executor = ActionExecutor(self.config, pool, http)
+            executor = ActionExecutor(self.config, actions, http)
             send, receive = anyio.create_memory_object_stream[Job](max_buffer_size=math.inf)
             async with anyio.create_task_group() as service:
                 service.start_soon(self._flusher, store)
@@ -112,31 +128,55 @@ class WorkerPool:
 
     # -- claiming ----------------------------------------------------------------------------------
 
+    def _room(self) -> int:
+        """How many jobs to claim now (0: not yet worth a round trip)."""
+        s = self.settings
+        target = s.concurrency + min(s.prefetch_cap, int(self._rate * PREFETCH_S))
+        room = target - len(self._held)
+        threshold = max(1, min(target // 4, int(self._rate * CLAIM_AFTER_S)))
+        return room if room >= threshold else 0
+
+    def _measure_rate(self, since: float, finished_before: int) -> None:
+        elapsed = anyio.current_time() - since
+        if elapsed >= 0.01:
+            sample = (self._finished - finished_before) / elapsed
+            self._rate = sample if self._rate == 0 else 0.7 * self._rate + 0.3 * sample
+
     async def _claimer(self, store: JobStore, send: MemoryObjectSendStream[Job]) -> None:
         s = self.settings
         async with send:
             while not self._stopping.is_set():
-                room = s.batch - len(self._held)
-                if room < s.batch // 4:
+                since, finished_before = anyio.current_time(), self._finished
+                room = self._room()
+                if room == 0:
                     await self._wait_or_stop(self._capacity, s.poll_interval_s)
+                    self._measure_rate(since, finished_before)
                     continue
                 try:
                     jobs = await store.claim(room)
-                    for job in jobs:
-                        self._held.add(job.id)
-                        send.send_nowait(job)
-                    due = await store.next_due_in() if len(jobs) < room else None
-                except psycopg.Error as exc:
+                except (psycopg.Error, ConnectionFailed) as exc:
                     log.warning("claiming jobs failed (%s); retrying", exc)
                     await self._wait_or_stop(self._capacity, 1.0)
                     continue
+                # Hand the claimed jobs on before anything else can fail: they are leased to us.
+                for job in jobs:
+                    if job.id in self._held:
+                        continue  # its lease lapsed while we still run it: the claim renewed it
+                    self._held.add(job.id)
+                    send.send_nowait(job)
                 if len(jobs) < room:
-                    wait = (
-                        s.poll_interval_s
-                        if due is None
-                        else min(s.poll_interval_s, max(due, 0.001))
-                    )
-                    await self._wait_or_stop(self.doorbell, wait)
+                    await self._wait_or_stop(self.doorbell, await self._until_due(store))
+                self._measure_rate(since, finished_before)
+
+    async def _until_due(self, store: JobStore) -> float:
+        """How long to sleep when nothing was due: until the next retry, at most a poll."""
+        poll = self.settings.poll_interval_s
+        try:
+            due = await store.next_due_in()
+        except (psycopg.Error, ConnectionFailed) as exc:
+            log.warning("reading the next due time failed (%s)", exc)
+            return poll
+        return poll if due is None else min(poll, max(due, 0.001))
 
     async def _wait_or_stop(self, bell: Doorbell, timeout: float) -> None:
         async with anyio.create_task_group() as tg:
@@ -169,8 +209,7 @@ class WorkerPool:
                 with anyio.CancelScope() as slot.scope:
                     async for job in receive:
                         if self._stopping.is_set():
-                            self._released.append(job.id)  # claimed, never started: hand back
-                            continue
+                            continue  # claimed, never started: handed back at shutdown
                         self._running[job.id] = job
                         slot.deadline = anyio.current_time() + executor.timeout_s(job)
                         slot.job = job
@@ -178,13 +217,13 @@ class WorkerPool:
                             failure = await executor.run(job)
                         finally:
                             slot.job = None
-                            del self._running[job.id]
+                            self._running.pop(job.id, None)
                         slot.expired = None  # finished after all (it swallowed the cancel)
-                        self._finish(job, failure)
+                        self._record(job, failure)
                     return
                 expired, slot.expired = slot.expired, None
                 if expired is not None:
-                    self._finish(expired, executor.timed_out(expired))
+                    self._record(expired, executor.timed_out(expired))
 
     async def _watchdog(self, executor: ActionExecutor) -> None:
         """Cancels the runners whose job is past its deadline, checking every ``tick`` s."""
@@ -197,17 +236,13 @@ class WorkerPool:
                     slot.expired = slot.job
                     slot.scope.cancel()
 
-    def _finish(self, job: Job, failure: Failure | None) -> None:
-        self._record(job, failure)
-        self._held.discard(job.id)
-        if len(self._held) < self.settings.batch // 2:
-            self._capacity.ring()
-
     def _record(self, job: Job, failure: Failure | None) -> None:
         out = self._outcomes
+        self._finished += 1
         if failure is None:
             out.completed.append(job.id)
         else:
+            message = _storable(failure.message)
             obs = self.config.observer(job.observer)
             final = failure.kind == "permanent" or job.attempts >= job.max_attempts or obs is None
             if not final and obs is not None:
@@ -215,16 +250,14 @@ class WorkerPool:
                 out.retry_delays.append(
                     retry_delay_s(obs.retry, job.attempts, failure.retry_after_s)
                 )
-                out.retry_errors.append(failure.message)
+                out.retry_errors.append(message)
             elif obs is not None and obs.on_failure == "log":
                 log.warning(
-                    "%s failed for good, dropped (on_failure: log): %s",
-                    job.observer,
-                    failure.message,
+                    "%s failed for good, dropped (on_failure: log): %s", job.observer, message
                 )
-                out.discarded.append((job.id, failure.message, failure.kind))
+                out.discarded.append((job.id, message, failure.kind))
             else:
-                out.dead.append((job.id, failure.message, failure.kind))
+                out.dead.append((job.id, message, failure.kind))
         self._outcome_ready.ring()
 
     # -- writing outcomes -------------------------------------------------------------------------
@@ -239,32 +272,58 @@ class WorkerPool:
             batch, self._outcomes = self._outcomes, Outcomes()
             try:
                 dead = await store.write(batch)
-            except psycopg.Error as exc:
+            except psycopg.OperationalError as exc:
                 log.warning("writing %d job outcomes failed (%s); retrying", len(batch), exc)
-                self._merge(batch)
+                self._outcomes.merge(batch)
                 await anyio.sleep(0.5)
                 continue
-            self.completed += len(batch.completed)
-            if batch.retry_ids:
-                self.doorbell.ring()  # the claimer re-reads when the next job is due
-            for observer in dead:
-                metrics.dlq_moved.labels(observer).inc()
+            except psycopg.Error as exc:
+                # A row the batch statement cannot take: write job by job so it blocks no other.
+                log.error(
+                    "writing %d job outcomes failed (%s); writing one by one", len(batch), exc
+                )
+                dead = await self._write_singly(store, batch)
+            self._written(batch, dead)
 
-    def _merge(self, batch: Outcomes) -> None:
-        out = self._outcomes
-        out.completed += batch.completed
-        out.retry_ids += batch.retry_ids
-        out.retry_delays += batch.retry_delays
-        out.retry_errors += batch.retry_errors
-        out.dead += batch.dead
-        out.discarded += batch.discarded
+    async def _write_singly(self, store: JobStore, batch: Outcomes) -> list[str]:
+        dead: list[str] = []
+        for single in batch.split():
+            try:
+                dead += await store.write(single)
+            except psycopg.OperationalError:
+                self._outcomes.merge(single)  # connection trouble: the next flush retries it
+            except psycopg.Error as exc:
+                # Dropped from the held set: its lease lapses and it runs again elsewhere.
+                log.error("cannot record the outcome of job %s: %s", single.ids()[0], exc)
+                self._held.discard(single.ids()[0])
+        return dead
+
+    def _written(self, batch: Outcomes, dead: list[str]) -> None:
+        self._held.difference_update(batch.ids())
+        self._capacity.ring()
+        self.completed += len(batch.completed)
+        if batch.retry_ids:
+            self.doorbell.ring()  # the claimer re-reads when the next job is due
+        for observer in dead:
+            metrics.dlq_moved.labels(observer).inc()
 
     async def _hand_back(self, store: JobStore) -> None:
+        """Shutdown: write the outcomes we have, release every other job we hold — queued,
+        never started, or cancelled when the grace period ran out — without spending an
+        attempt."""
         with anyio.move_on_after(10):
             await self._flush(store)
-            back = self._released + list(self._running)
+            back = list(self._held)
             if back:
-                await store.release(back)
+                try:
+                    await store.release(back)
+                except psycopg.Error as exc:
+                    log.warning(
+                        "handing back %d job(s) failed (%s); their leases will expire",
+                        len(back),
+                        exc,
+                    )
+                    return
                 log.info("handed %d unfinished job(s) back", len(back))
 
     # -- leases ------------------------------------------------------------------------------------
@@ -290,3 +349,9 @@ class WorkerPool:
             if rescued or dead:
                 log.info("rescued %d job(s) with expired leases, %d to the DLQ", rescued, len(dead))
                 self.doorbell.ring()
+
+
+def _storable(message: str) -> str:
+    """Postgres text holds no NUL, and an error quoting a huge body need not be kept whole."""
+    message = message.replace("\x00", "\\0")
+    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT] + " …"

@@ -102,6 +102,7 @@ BROKEN = [
     (base(actions="      - type: log\n        timeout_ms: soon"), 6, "must be an integer"),
     (base(extra="    retry: {max_attempts: 0}\n"), 4, "between 1 and 1000"),
     (base(extra="    retry: {backoff_strategy: random}\n"), 4, "must be one of"),
+    (base(extra="    retry: {max_delay_ms: 99999999999}\n"), 4, "between 0 and 86400000"),
     (base(extra="    retry: {initial_delay_ms: 500, max_delay_ms: 10}\n"), 4, "max_delay_ms"),
     (base(extra="    on_failure: ignore\n"), 4, "must be one of dlq, log"),
     (

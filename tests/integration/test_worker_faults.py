@@ -1,0 +1,171 @@
+"""The worker under faults: slow SQL actions, unwritable errors, a vanishing database, a grace
+period that runs out, sync handlers that overrun, and a second worker joining late."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_queue import start_worker
+from tests.support import execute, fetch, scalar, wait_until
+
+
+def drained(db: str, events: int) -> bool:
+    """Every event fanned out and every job ended."""
+    done = scalar(db, "SELECT coalesce(max(event_id), 0) FROM pgobs.checkpoints")
+    return bool(done >= events and scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0)
+
+
+@pytest.fixture
+def db(dsn: str) -> str:
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, status text)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    execute(dsn, "CREATE TABLE handled (event_id bigint, how text)")
+    execute(dsn, "CREATE TABLE starts (event_id bigint, pid int)")
+    return dsn
+
+
+def test_slow_sql_actions_do_not_starve_leases(db: str, tmp_path: Path) -> None:
+    """Database actions longer than the lease: each still runs once, and the worker lives."""
+    execute(
+        db,
+        "CREATE FUNCTION public.slow(event jsonb) RETURNS void LANGUAGE sql AS $$ "
+        "INSERT INTO handled VALUES ((event->>'event_id')::bigint, 'sql'); "
+        "SELECT pg_sleep(2.5) $$",
+    )
+    config = """
+observers:
+  - name: obs-slow-sql
+    entity: Order
+    actions: [{type: database, function: public.slow}]
+"""
+    worker = start_worker(db, tmp_path, config, "--concurrency", "16", "--lease-seconds", "2")
+    try:
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 12)")
+        wait_until(lambda: drained(db, 12), timeout=30)
+        assert worker.proc.poll() is None, worker.output()[-2000:]
+    finally:
+        worker.stop()
+    assert scalar(db, "SELECT count(*) FROM handled") == 12  # once each
+
+
+def test_an_unwritable_error_message_blocks_nothing(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-nul
+    entity: Order
+    actions: [{type: python, handler: "handlers:nul_error"}]
+    retry: {max_attempts: 1}
+  - name: obs-ok
+    entity: Order
+    actions: [{type: python, handler: "handlers:record"}]
+"""
+    worker = start_worker(db, tmp_path, config, "--lease-seconds", "2")
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        wait_until(lambda: drained(db, 1))
+    finally:
+        worker.stop()
+    assert scalar(db, "SELECT count(*) FROM handled") == 1
+    assert "bad byte \\0 in the reply" in scalar(db, "SELECT last_error FROM pgobs.dlq")
+
+
+def test_a_database_outage_does_not_kill_the_worker(
+    db: str, admin_dsn: str, tmp_path: Path
+) -> None:
+    config = """
+observers:
+  - name: obs-ok
+    entity: Order
+    actions: [{type: python, handler: "handlers:record"}]
+"""
+    dbname = scalar(db, "SELECT current_database()")
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('before')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM handled") == 1)
+        execute(admin_dsn, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        execute(
+            admin_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (dbname,),
+        )
+        wait_until(
+            lambda: (
+                "claiming jobs failed" in worker.output()
+                or "notifier cannot connect" in worker.output()
+            )
+        )
+        execute(admin_dsn, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        execute(db, "INSERT INTO orders (status) VALUES ('after')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM handled") == 2, timeout=30)
+        assert worker.proc.poll() is None
+    finally:
+        execute(admin_dsn, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        worker.stop()
+
+
+def test_when_the_grace_period_runs_out_every_held_job_goes_back(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-hang
+    entity: Order
+    actions: [{type: python, handler: "handlers:hang", timeout_ms: 600000}]
+"""
+    worker = start_worker(db, tmp_path, config, "--concurrency", "2", "--grace-seconds", "1")
+    try:
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 6)")
+        wait_until(
+            lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs WHERE locked_by IS NOT NULL") >= 2
+        )
+        assert worker.terminate(timeout=20) == 0
+    finally:
+        worker.stop()
+    assert fetch(db, "SELECT count(*), count(locked_by), max(attempts) FROM pgobs.jobs") == [
+        (6, 0, 0)
+    ]
+
+
+def test_a_sync_handler_past_its_timeout_is_reported_as_a_timeout(db: str, tmp_path: Path) -> None:
+    config = """
+observers:
+  - name: obs-block
+    entity: Order
+    actions: [{type: python, handler: "handlers:blocking_long", timeout_ms: 200}]
+    retry: {max_attempts: 1}
+"""
+    worker = start_worker(db, tmp_path, config)
+    try:
+        execute(db, "INSERT INTO orders (status) VALUES ('x')")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.dlq") == 1)
+    finally:
+        worker.stop()
+    assert scalar(db, "SELECT last_error FROM pgobs.dlq") == "python action timed out after 200 ms"
+
+
+def test_a_worker_that_joins_late_gets_work(db: str, tmp_path: Path) -> None:
+    """Slow jobs are not hoarded: prefetch follows the completion rate."""
+    config = """
+observers:
+  - name: obs-short
+    entity: Order
+    actions: [{type: python, handler: "handlers:short"}]
+"""
+    first = start_worker(db, tmp_path, config, "--concurrency", "4", name="first")
+    second = None
+    try:
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 60)")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM starts") >= 4)
+        second = start_worker(
+            db, tmp_path, config, "--concurrency", "4", "--role", "worker", name="second"
+        )
+        wait_until(lambda: drained(db, 60), timeout=30)
+    finally:
+        if second:
+            second.stop()
+        first.stop()
+    assert second is not None
+    late = scalar(db, "SELECT count(*) FROM starts WHERE pid = %s", (second.pid,))
+    assert late >= 10, late
+    assert scalar(db, "SELECT count(*) FROM starts") == 60  # and nothing ran twice
