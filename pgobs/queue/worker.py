@@ -85,6 +85,8 @@ class WorkerPool:
         self._stopping = anyio.Event()
         self._finished = 0
         self._rate = 0.0  # completions per second, smoothed
+        self._window_start = 0.0
+        self._window_finished = 0
         self.completed = 0
 
     def stop(self) -> None:
@@ -106,6 +108,7 @@ class WorkerPool:
             ) as http,
         ):
             store = JobStore(self.dsn, control, self.worker_id, s.lease_s)
+            self._window_start = anyio.current_time()
             metrics.jobs_in_flight.set_function(lambda: len(self._running))
             executor = ActionExecutor(self.config, actions, http)
             send, receive = anyio.create_memory_object_stream[Job](max_buffer_size=math.inf)
@@ -136,21 +139,23 @@ class WorkerPool:
         threshold = max(1, min(target // 4, int(self._rate * CLAIM_AFTER_S)))
         return room if room >= threshold else 0
 
-    def _measure_rate(self, since: float, finished_before: int) -> None:
-        elapsed = anyio.current_time() - since
-        if elapsed >= 0.01:
-            sample = (self._finished - finished_before) / elapsed
-            self._rate = sample if self._rate == 0 else 0.7 * self._rate + 0.3 * sample
+    def _measure_rate(self) -> None:
+        """Completions per second over windows of at least 50 ms, smoothed."""
+        now = anyio.current_time()
+        elapsed = now - self._window_start
+        if elapsed >= 0.05:
+            sample = (self._finished - self._window_finished) / elapsed
+            self._rate = sample if self._rate == 0 else 0.5 * self._rate + 0.5 * sample
+            self._window_start, self._window_finished = now, self._finished
 
     async def _claimer(self, store: JobStore, send: MemoryObjectSendStream[Job]) -> None:
         s = self.settings
         async with send:
             while not self._stopping.is_set():
-                since, finished_before = anyio.current_time(), self._finished
                 room = self._room()
                 if room == 0:
                     await self._wait_or_stop(self._capacity, s.poll_interval_s)
-                    self._measure_rate(since, finished_before)
+                    self._measure_rate()
                     continue
                 try:
                     jobs = await store.claim(room)
@@ -166,7 +171,7 @@ class WorkerPool:
                     send.send_nowait(job)
                 if len(jobs) < room:
                     await self._wait_or_stop(self.doorbell, await self._until_due(store))
-                self._measure_rate(since, finished_before)
+                self._measure_rate()
 
     async def _until_due(self, store: JobStore) -> float:
         """How long to sleep when nothing was due: until the next retry, at most a poll."""
