@@ -218,9 +218,6 @@ SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
 FROM failed f
 RETURNING observer
 
--- name: next_due_in
-SELECT extract(epoch FROM min(run_at) - now())::float8 FROM pgobs.jobs WHERE locked_until IS NULL
-
 -- name: cache_invalidate
 DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
 

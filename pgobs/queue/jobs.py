@@ -103,12 +103,6 @@ class JobStore:
         if self._claim_conn is not None:
             await self._claim_conn.close()
 
-    async def next_due_in(self) -> float | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(query("next_due_in"))
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
-
     async def write(self, out: Outcomes) -> list[str]:
         """Write every outcome in one statement; returns the observers of dead-lettered jobs."""
         params: dict[str, Any] = {

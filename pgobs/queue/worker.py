@@ -7,6 +7,7 @@ claimer keeps filled; one flusher writes completions, retries and dead letters t
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -87,6 +88,7 @@ class WorkerPool:
         self._rate = 0.0  # completions per second, smoothed
         self._window_start = 0.0
         self._window_finished = 0
+        self._retries_due: list[float] = []  # a heap of when this worker's retries come due
         self.completed = 0
 
     def stop(self) -> None:
@@ -170,18 +172,17 @@ class WorkerPool:
                     self._held.add(job.id)
                     send.send_nowait(job)
                 if len(jobs) < room:
-                    await self._wait_or_stop(self.doorbell, await self._until_due(store))
+                    await self._wait_or_stop(self.doorbell, self._until_due())
                 self._measure_rate()
 
-    async def _until_due(self, store: JobStore) -> float:
-        """How long to sleep when nothing was due: until the next retry, at most a poll."""
+    def _until_due(self) -> float:
+        """How long to sleep when nothing was due: until this worker's next scheduled retry, at
+        most a poll (new jobs, rescued ones and DLQ retries ring the doorbell)."""
+        now = anyio.current_time()
+        while self._retries_due and self._retries_due[0] <= now:
+            heapq.heappop(self._retries_due)
         poll = self.settings.poll_interval_s
-        try:
-            due = await store.next_due_in()
-        except (psycopg.Error, ConnectionFailed) as exc:
-            log.warning("reading the next due time failed (%s)", exc)
-            return poll
-        return poll if due is None else min(poll, max(due, 0.001))
+        return min(poll, self._retries_due[0] - now) if self._retries_due else poll
 
     async def _wait_or_stop(self, bell: Doorbell, timeout: float) -> None:
         async with anyio.create_task_group() as tg:
@@ -251,10 +252,9 @@ class WorkerPool:
             obs = self.config.observer(job.observer)
             final = failure.kind == "permanent" or job.attempts >= job.max_attempts or obs is None
             if not final and obs is not None:
+                delay = retry_delay_s(obs.retry, job.attempts, failure.retry_after_s)
                 out.retry_ids.append(job.id)
-                out.retry_delays.append(
-                    retry_delay_s(obs.retry, job.attempts, failure.retry_after_s)
-                )
+                out.retry_delays.append(delay)
                 out.retry_errors.append(message)
             elif obs is not None and obs.on_failure == "log":
                 log.warning(
@@ -308,7 +308,11 @@ class WorkerPool:
         self._capacity.ring()
         self.completed += len(batch.completed)
         if batch.retry_ids:
-            self.doorbell.ring()  # the claimer re-reads when the next job is due
+            # Due times from when the write completed: never before the run_at it stored.
+            now = anyio.current_time()
+            for delay in batch.retry_delays:
+                heapq.heappush(self._retries_due, now + delay)
+            self.doorbell.ring()
         for observer in dead:
             metrics.dlq_moved.labels(observer).inc()
 

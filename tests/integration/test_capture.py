@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -180,3 +181,46 @@ def test_writers_wake_only_a_waiting_listener(orders: str) -> None:
     execute(orders, "UPDATE pgobs.listener_wakeups SET waiting = false")  # busy: no NOTIFY
     assert notifications_before_marker(orders, insert) == []
     assert notifications_before_marker(orders, "SELECT pgobs.emit('X', 'e')") == []
+
+
+def test_a_role_without_rights_on_pgobs_is_captured(orders: str) -> None:
+    """The application's own role needs rights on its table only, not on schema pgobs."""
+    role = f"pgobs_app_{uuid.uuid4().hex[:8]}"
+    execute(orders, f"CREATE ROLE {role}")
+    try:
+        execute(orders, f"GRANT USAGE ON SCHEMA public TO {role}")
+        execute(orders, f"GRANT SELECT, INSERT, UPDATE, DELETE ON orders TO {role}")
+        execute(orders, f"GRANT USAGE ON SEQUENCE orders_id_seq TO {role}")
+        with psycopg.connect(orders) as conn:
+            conn.execute(f"SET ROLE {role}")
+            conn.execute("INSERT INTO orders (status) VALUES ('app')")
+            conn.execute("UPDATE orders SET status = 'paid'")
+            conn.commit()
+            conn.execute(f"SET ROLE {role}")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("INSERT INTO pgobs.events (entity_type, event_type) VALUES ('x', 'y')")
+            conn.rollback()
+        # Custom events need the schema granted (to name the function), and nothing more.
+        execute(orders, f"GRANT USAGE ON SCHEMA pgobs TO {role}")
+        with psycopg.connect(orders) as conn:
+            conn.execute(f"SET ROLE {role}")
+            conn.execute("SELECT pgobs.emit('Custom', 'ping')")
+        assert [e["event_type"] for e in events(orders)] == ["INSERT", "UPDATE", "ping"]
+    finally:
+        execute(orders, f"DROP OWNED BY {role}")
+        execute(orders, f"DROP ROLE {role}")
+
+
+def test_pgobs_own_tables_cannot_be_tracked(dsn: str) -> None:
+    with pytest.raises(psycopg.errors.RaiseException, match="one of pgobs' own tables"):
+        execute(dsn, "SELECT pgobs.track('pgobs.events')")
+
+
+def test_untrack_removes_both_triggers(orders: str) -> None:
+    names = (
+        "SELECT array_agg(tgname::text ORDER BY tgname) FROM pg_trigger "
+        "WHERE tgrelid = 'orders'::regclass"
+    )
+    assert scalar(orders, names) == ["pgobs_capture", "pgobs_wake"]
+    execute(orders, "SELECT pgobs.untrack('orders')")
+    assert scalar(orders, names) is None
