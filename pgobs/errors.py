@@ -24,8 +24,6 @@ class ConnectionFailed(PgobsError):
 class ConfigError(PgobsError):
     """observers.yaml (or a CLI option) is invalid."""
 
-    exit_code = 2
-
 
 class NotFound(PgobsError):
     """An id given on the command line names nothing."""

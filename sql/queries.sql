@@ -85,6 +85,12 @@ SET state = EXCLUDED.state, is_leader = EXCLUDED.is_leader,
     events_processed = EXCLUDED.events_processed, lag_events = EXCLUDED.lag_events,
     lag_seconds = EXCLUDED.lag_seconds, last_heartbeat = now()
 
+-- name: retire_stale_listeners
+-- Run by the leader: instances of its listener_id that stopped beating (killed) are marked so.
+UPDATE pgobs.listeners SET state = 'stopped', is_leader = false
+WHERE listener_id = %(listener_id)s AND instance_id <> %(instance_id)s
+  AND state <> 'stopped' AND last_heartbeat < now() - interval '10 seconds'
+
 -- name: listener_lag
 -- Events committed but not yet fanned out (capped), and the age of the oldest one.
 SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8

@@ -76,9 +76,12 @@ def track(
         try:
             await conn.execute(query("track_table"), params)
         except psycopg.errors.UndefinedTable as exc:
-            raise PgobsError(
-                f"table {table!r} does not exist", "check its name and schema"
-            ) from exc
+            raise PgobsError(f"table {table!r} does not exist", "check the name") from exc
+        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
+            raise  # the schema is missing: with_connection says to migrate
+        except psycopg.DatabaseError as exc:
+            reason = exc.diag.message_primary or str(exc).strip()
+            raise PgobsError(f"cannot track {table!r}: {reason}", "give an existing table") from exc
 
     with_connection(dsn, run)
     print(f"tracking {table} as {entity or table.split('.')[-1]}")
@@ -92,7 +95,9 @@ def worker(
     role: Literal["listener", "worker", "all"] = "all",
     listener_id: str = "default",
     batch_size: int = 500,
-    metrics_port: Annotated[int, Parameter(help="Serve Prometheus /metrics here; 0: off.")] = 9464,
+    metrics_port: Annotated[
+        int, Parameter(help="Serve Prometheus /metrics on this port (e.g. 9464); 0: off.")
+    ] = 0,
     metrics_host: str = "127.0.0.1",
     lease_seconds: float = 30.0,
     grace_seconds: float = 10.0,
@@ -197,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     except PgobsError as exc:
         print(f"pgobs: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except psycopg.Error as exc:
+        # Whatever the database refused that no command anticipated: still one line.
+        reason = (exc.diag.message_primary if exc.diag else None) or str(exc).strip()
+        print(f"pgobs: error: the database refused: {reason.splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)

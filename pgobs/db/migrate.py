@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg
+
 from pgobs.db.connect import Connection, connect
 from pgobs.db.sqlfiles import migration_files, query
 from pgobs.errors import PgobsError
@@ -28,8 +30,16 @@ async def migrate(dsn: str, *, dry_run: bool = False) -> MigrationPlan:
             done = await _applied(conn)
             pending = [(v, p) for v, p in migration_files() if v not in done]
             if not dry_run:
-                for _, path in pending:
-                    await conn.execute(path.read_text())
+                for version, path in pending:
+                    try:
+                        await conn.execute(path.read_text())
+                    except psycopg.Error as exc:
+                        await conn.execute("ROLLBACK")  # the file's own transaction, aborted
+                        reason = exc.diag.message_primary or str(exc).strip()
+                        raise PgobsError(
+                            f"migration {version} ({path.name}) failed: {reason}",
+                            "fix the cause (often privileges) and run pgobs migrate again",
+                        ) from exc
             return MigrationPlan(applied=sorted(done), pending=[v for v, _ in pending])
         finally:
             await conn.execute(query("migration_unlock"))

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -204,6 +205,8 @@ class Listener:
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
         self.events_processed += len(events)
         metrics.events_processed.labels(**self._labels).inc(len(events))
+        for observer, count in Counter(plan.observers).items():
+            metrics.jobs_created.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
         return len(events)
 
@@ -221,7 +224,13 @@ class Listener:
             try:
                 if conn is None or conn.closed:
                     conn = await connect(self.dsn, autocommit=True)
-                lag = await self._measure_lag(conn) if self.is_leader else (0, 0.0)
+                lag = (0, 0.0)
+                if self.is_leader:
+                    lag = await self._measure_lag(conn)
+                    await conn.execute(
+                        query("retire_stale_listeners"),
+                        {**self._labels, "instance_id": self.instance_id},
+                    )
                 metrics.listener_lag_events.labels(**self._labels).set(lag[0])
                 await self._write_heartbeat(lag, conn)
             except Exception as exc:

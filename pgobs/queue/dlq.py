@@ -13,6 +13,7 @@ from pgobs.db.sqlfiles import query
 from pgobs.errors import NotFound, PgobsError
 
 RETRY_BATCH = 5000
+MAX_AGE = timedelta(days=36_500)
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -43,7 +44,10 @@ def parse_age(text: str) -> timedelta:
         raise PgobsError(
             f"cannot read the age {text!r}", "use a number and a unit: 90s, 15m, 12h, 30d, 2w"
         )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    age = timedelta(**{_UNITS[match.group(2)]: min(int(match.group(1)), 10**9)})
+    if age > MAX_AGE:
+        raise PgobsError(f"the age {text!r} is over 100 years", "give a shorter age, like 30d")
+    return age
 
 
 async def list_dead(conn: Connection, observer: str | None, limit: int) -> list[DeadLetter]:

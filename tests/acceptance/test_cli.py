@@ -86,9 +86,32 @@ def test_bad_options_are_one_line(args: list[str], message: str) -> None:
     assert line.startswith(f"pgobs: error: {message}")
 
 
+def test_database_refusals_are_one_line(dsn: str, tmp_path: Path) -> None:
+    execute(dsn, "CREATE TABLE plain (id int PRIMARY KEY)")
+    for args, message in [
+        (["track", "bad name!!"], "pgobs: error: cannot track 'bad name!!': "),
+        (["track", "pgobs.events"], "pgobs: error: cannot track 'pgobs.events': pgobs.track: "),
+        (["dlq", "purge", "--older-than", "999999999d"], "pgobs: error: the age '999999999d' is"),
+    ]:
+        result = run_pgobs(dsn, *args)
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(message), line
+
+
+def test_a_failing_migration_is_one_line_and_names_the_file(empty_dsn: str) -> None:
+    execute(empty_dsn, "CREATE SCHEMA pgobs")
+    execute(empty_dsn, "CREATE TABLE pgobs.events (id int)")  # in the way of 0001
+    result = run_pgobs(empty_dsn, "migrate")
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("pgobs: error: migration 0001 (0001_schema.sql) failed: relation")
+    assert line.endswith("run pgobs migrate again)")
+
+
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     result = run_pgobs(None, "validate-config", str(tmp_path / "nope.yaml"))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -110,7 +133,7 @@ def test_worker_refuses_a_config_with_unset_env(dsn: str, tmp_path: Path) -> Non
         "      - type: webhook\n        url_env: PGOBS_TEST_UNSET_URL\n"
     )
     result = run_pgobs(dsn, "worker", "--config", str(config), "--metrics-port", "0", timeout=30)
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "PGOBS_TEST_UNSET_URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -160,3 +160,22 @@ def test_listener_ids_shard_with_their_own_checkpoints(dsn: str, tmp_path: Path)
         ("obs-a", 20),
         ("obs-b", 20),
     ]
+
+
+def test_the_leader_retires_rows_of_killed_instances(
+    listener: Worker, orders: tuple[str, Path]
+) -> None:
+    dsn, _ = orders
+    execute(
+        dsn,
+        "INSERT INTO pgobs.listeners (instance_id, listener_id, host, pid, state, "
+        "is_leader, last_heartbeat) VALUES ('ghost:1:x', 'default', 'ghost', 1, "
+        "'running', true, now() - interval '1 minute')",
+    )
+    wait_until(
+        lambda: (
+            scalar(dsn, "SELECT state FROM pgobs.listeners WHERE instance_id = 'ghost:1:x'")
+            == "stopped"
+        )
+    )
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.listeners WHERE is_leader") == 1
