@@ -128,6 +128,15 @@ CREATE TABLE pgobs.circuits (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Whether each leader waits for a wake-up. A transaction that sends NOTIFY takes a cluster-wide
+-- lock at commit (with 8 writers it halved their commit rate here), so writers notify only while
+-- some leader waits; a busy leader reads on without being woken, and polls when idle.
+CREATE UNLOGGED TABLE pgobs.listener_wakeups (
+    listener_id text PRIMARY KEY,
+    waiting     boolean NOT NULL DEFAULT true,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- The searchable trail of events and outcomes.
 CREATE TABLE pgobs.audit (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -278,7 +278,7 @@ DELETE FROM pgobs.dlq
 WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = %(observer)s)
 
 -- name: set_waiting
--- The leader says whether it waits for a wake-up (see 0003_wakeups.sql).
+-- The leader says whether it waits for a wake-up (see pgobs.listener_wakeups in 0001).
 INSERT INTO pgobs.listener_wakeups (listener_id, waiting, updated_at)
 VALUES (%(listener_id)s, %(waiting)s, now())
 ON CONFLICT (listener_id) DO UPDATE SET waiting = EXCLUDED.waiting, updated_at = now()

@@ -108,25 +108,3 @@ def test_event_ids_are_bigint(dsn: str) -> None:
             "WHERE table_schema = 'pgobs' AND column_name = 'id'"
         ).fetchall()
     assert types and all(t == "bigint" for _, t in types)
-
-
-@pytest.mark.skipif(shutil.which("psql") is None, reason="psql client not installed")
-def test_upgrading_gives_tables_tracked_earlier_their_wake_trigger(empty_dsn: str) -> None:
-    files = migration_files()
-    for _, path in files[:3]:  # the schema as version 0003 left it
-        subprocess.run(
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", empty_dsn, "-f", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE early (id int PRIMARY KEY)")
-        conn.execute("SELECT pgobs.track('early', operations => ARRAY['INSERT', 'DELETE'])")
-    plan = anyio.run(lambda: migrate(empty_dsn))
-    assert plan.pending == [v for v, _ in files[3:]]
-    triggers = scalar(
-        empty_dsn,
-        "SELECT array_agg(tgname::text || ':' || tgtype ORDER BY tgname) "
-        "FROM pg_trigger WHERE tgrelid = 'early'::regclass",
-    )
-    assert triggers == ["pgobs_capture:13", "pgobs_wake:12"]  # INSERT|DELETE, row and statement
