@@ -104,7 +104,9 @@ def test_odd_values_never_break_the_write(dsn: str) -> None:
         conn.execute("UPDATE odd SET t = 'y' WHERE k = 'huge'")
         conn.execute("DELETE FROM odd")
     assert scalar(dsn, "SELECT count(*) FROM pgobs.events") == len(rows) * 2 + 1
-    nan = scalar(dsn, "SELECT data FROM pgobs.events WHERE entity_id = 'nan' LIMIT 1")
+    nan = scalar(
+        dsn, "SELECT data FROM pgobs.events WHERE entity_id = 'nan' AND event_type = 'INSERT'"
+    )
     assert nan["n"] == "NaN" and nan["f"] == "NaN"
     assert scalar(dsn, "SELECT changed_fields FROM pgobs.events WHERE event_type = 'UPDATE'") == [
         "t"
@@ -115,9 +117,20 @@ def test_unrepresentable_row_is_recorded_with_the_reason(dsn: str) -> None:
     """A row over jsonb's size limit still writes, and its event says why it has no data."""
     execute(dsn, "CREATE TABLE big (id int PRIMARY KEY, a text, b text)")
     execute(dsn, "SELECT pgobs.track('big')")
-    execute(dsn, "INSERT INTO big SELECT 1, repeat('a', 140000000), repeat('b', 140000000)")
-    assert scalar(dsn, "SELECT count(*) FROM big") == 1
-    assert scalar(dsn, "SELECT data ? '_pgobs_error' FROM pgobs.events") is True
+    execute(
+        dsn,
+        "INSERT INTO big SELECT 1, repeat('a', 140000000), repeat('b', 140000000) "
+        "UNION ALL SELECT 2, 'a', 'b'",
+    )
+    assert scalar(dsn, "SELECT count(*) FROM big") == 2
+    # the huge row's event says why it has no data; the statement's other row is captured whole
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.events") == 2
+    assert scalar(dsn, "SELECT data ? '_pgobs_error' FROM pgobs.events WHERE entity_id IS NULL")
+    assert scalar(dsn, "SELECT data FROM pgobs.events WHERE entity_id = '2'") == {
+        "id": 2,
+        "a": "a",
+        "b": "b",
+    }
 
 
 def test_emit_writes_a_custom_event(dsn: str) -> None:
@@ -216,11 +229,33 @@ def test_pgobs_own_tables_cannot_be_tracked(dsn: str) -> None:
         execute(dsn, "SELECT pgobs.track('pgobs.events')")
 
 
-def test_untrack_removes_both_triggers(orders: str) -> None:
+def test_track_installs_its_triggers_and_untrack_removes_them(orders: str) -> None:
     names = (
         "SELECT array_agg(tgname::text ORDER BY tgname) FROM pg_trigger "
         "WHERE tgrelid = 'orders'::regclass"
     )
-    assert scalar(orders, names) == ["pgobs_capture", "pgobs_wake"]
+    assert scalar(orders, names) == [
+        "pgobs_capture_delete",
+        "pgobs_capture_insert",
+        "pgobs_capture_update",
+        "pgobs_wake",
+    ]
+    execute(orders, "SELECT pgobs.track('orders', 'Order', operations => ARRAY['UPDATE'])")
+    assert scalar(orders, names) == ["pgobs_capture_update", "pgobs_wake"]
     execute(orders, "SELECT pgobs.untrack('orders')")
     assert scalar(orders, names) is None
+
+
+def test_columns_named_like_sql_aliases_are_captured(dsn: str) -> None:
+    """Set-based capture reads whole rows; a column named like its alias must not shadow it."""
+    execute(dsn, "CREATE TABLE tricky (id int PRIMARY KEY, captured text, n int, d text)")
+    execute(dsn, "SELECT pgobs.track('tricky')")
+    execute(dsn, "INSERT INTO tricky VALUES (1, 'c', 2, 'x'), (2, 'c2', 3, 'y')")
+    execute(dsn, "DELETE FROM tricky WHERE id = 2")
+    got = events(dsn)
+    assert [e["data"] for e in got[:2]] == [
+        {"id": 1, "captured": "c", "n": 2, "d": "x"},
+        {"id": 2, "captured": "c2", "n": 3, "d": "y"},
+    ]
+    assert got[2]["old_data"] == {"id": 2, "captured": "c2", "n": 3, "d": "y"}
+    assert [e["entity_id"] for e in got] == ["1", "2", "2"]
