@@ -61,7 +61,7 @@ def track(
     id_column: str | None = None,
     dsn: Dsn = None,
 ) -> None:
-    """Capture TABLE's row changes as events (installs the pgobs_capture trigger).
+    """Capture TABLE's row changes as events (installs the pgobs capture triggers).
 
     Parameters
     ----------
