@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,6 @@ class Event:
     actor: str | None = None
     created_at: datetime | None = None
     txid: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def envelope(self) -> dict[str, Any]:
         """The JSON envelope actions send and templates see (DESIGN.md, webhook request)."""

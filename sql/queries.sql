@@ -27,9 +27,6 @@ SET synchronous_commit = off
 -- name: try_leader_lock
 SELECT pg_try_advisory_lock(2024061501, hashtext(%(listener_id)s))
 
--- name: release_leader_lock
-SELECT pg_advisory_unlock(2024061501, hashtext(%(listener_id)s))
-
 -- name: load_checkpoint
 SELECT txid::text::bigint, event_id FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s
 

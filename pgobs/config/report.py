@@ -63,10 +63,6 @@ class Issues:
     def errors(self) -> list[ConfigIssue]:
         return [i for i in self.found if i.severity == "error"]
 
-    @property
-    def warnings(self) -> list[ConfigIssue]:
-        return [i for i in self.found if i.severity == "warning"]
-
 
 class ConfigInvalid(ConfigError):
     """observers.yaml has errors; ``issues`` lists all of them."""

@@ -173,6 +173,7 @@ def test_metrics_endpoint_and_port_in_use(dsn: str, tmp_path: Path) -> None:
 
         wait_until(lambda: 'observer_events_processed_total{listener_id="default"} 1.0' in scrape())
         assert 'observer_listener_health{listener_id="default"} 1.0' in scrape()
+        assert 'observer_jobs_created_total{observer="a"} 1.0' in scrape()
         again = run_pgobs(dsn, "worker", "--config", str(config), "--metrics-port", str(port))
         assert again.returncode == 1
         assert f"metrics port {port} is already in use" in again.stderr
