@@ -30,6 +30,24 @@ class Event:
     created_at: datetime | None = None
     txid: int = 0
 
+    @classmethod
+    def from_json(cls, event_id: int, doc: dict[str, Any]) -> Event:
+        """An event from its JSON copy: a retried dead letter's payload (``to_jsonb`` of the
+        events row), kept so a retry works after the event itself was purged."""
+        created = doc.get("created_at")
+        return cls(
+            id=event_id,
+            entity_type=doc["entity_type"],
+            entity_id=doc.get("entity_id"),
+            event_type=doc.get("event_type", ""),
+            data=doc.get("data"),
+            old_data=doc.get("old_data"),
+            changed_fields=doc.get("changed_fields"),
+            tenant=doc.get("tenant"),
+            actor=doc.get("actor"),
+            created_at=datetime.fromisoformat(created) if isinstance(created, str) else None,
+        )
+
     def envelope(self) -> dict[str, Any]:
         """The JSON envelope actions send and templates see (DESIGN.md, webhook request)."""
         return {

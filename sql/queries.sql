@@ -48,8 +48,9 @@ LIMIT %(limit)s
 -- a job per matched action, audit rows for events an observer could not judge, the new
 -- checkpoint, and the jobs doorbell (delivered on commit).
 WITH new_jobs AS (
-    INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, priority, max_attempts)
-    SELECT * FROM unnest(%(event_ids)s::bigint[], %(observers)s::text[],
+    INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, priority,
+                            max_attempts)
+    SELECT * FROM unnest(%(event_ids)s::bigint[], %(observers)s::text[], %(actions)s::text[],
                          %(action_indexes)s::int[], %(action_types)s::text[],
                          %(priorities)s::smallint[], %(max_attempts)s::int[])
 ), audited AS (
@@ -105,25 +106,45 @@ FROM (
 SELECT pgobs.track(%(table)s::regclass, %(entity)s, %(id_column)s)
 
 -- name: claim_jobs
--- Due, unleased jobs by priority then due time; SKIP LOCKED lets any number of workers claim
--- at once. Each claim takes a lease and counts an attempt. The event rides along (or the
--- payload, for a retried dead letter whose event was purged). The shapes (= ANY(ARRAY(...)),
--- LATERAL ... LIMIT 1) pin index lookups: with hash joins a claim scanned whole tables.
+-- Jobs this worker knows how to run (keys 'observer/action'; '#n' names a job written before
+-- actions had identities), due retries first, then available ones by priority; SKIP LOCKED lets
+-- any number of workers claim at once. A claim takes a lease and counts a claim, not an attempt:
+-- the attempt is counted when the job starts. Both branches read partial indexes that hold only
+-- their own state, so a deferred backlog is never scanned; the outer LIMIT stops the second
+-- branch from running (or locking) when the first filled the claim. The event rides along (or
+-- the payload, for a retried dead letter whose event was purged). = ANY(ARRAY(...)) and
+-- LATERAL ... LIMIT 1 pin index lookups: with hash joins a claim scanned whole tables.
 WITH claimed AS (
     UPDATE pgobs.jobs AS j
-    SET locked_by = %(worker)s,
+    SET state = 'running', locked_by = %(worker)s,
         locked_until = now() + make_interval(secs => %(lease_s)s),
-        attempts = j.attempts + 1
+        attempted_at = NULL, claims = j.claims + 1
     WHERE j.id = ANY(ARRAY(
-        SELECT id FROM pgobs.jobs
-        WHERE locked_until IS NULL AND run_at <= now()
-        ORDER BY priority DESC, run_at
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED))
-    RETURNING j.id, j.event_id, j.observer, j.action_index, j.attempts, j.max_attempts,
-              j.payload
+        SELECT c.id FROM (
+            SELECT due.id FROM (
+                SELECT s.id FROM pgobs.jobs AS s
+                WHERE s.state = 'scheduled' AND s.run_at <= now()
+                  AND s.observer || '/' || coalesce(s.action, '#' || s.action_index)
+                      = ANY(%(known)s::text[])
+                ORDER BY s.run_at
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED) AS due
+            UNION ALL
+            SELECT ready.id FROM (
+                SELECT a.id FROM pgobs.jobs AS a
+                WHERE a.state = 'available'
+                  AND a.observer || '/' || coalesce(a.action, '#' || a.action_index)
+                      = ANY(%(known)s::text[])
+                ORDER BY a.priority DESC, a.id
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED) AS ready
+        ) AS c
+        LIMIT %(limit)s))
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_index, j.attempts,
+              j.max_attempts, j.claims, j.payload
 )
-SELECT c.id, c.observer, c.action_index, c.attempts, c.max_attempts, c.payload,
+SELECT c.id, c.observer, coalesce(c.action, '#' || c.action_index) AS action, c.action_index,
+       c.attempts, c.max_attempts, c.claims, c.payload,
        c.event_id, e.entity_type, e.entity_id, e.event_type, e.data, e.old_data,
        e.changed_fields, e.tenant, e.actor, e.created_at
 FROM claimed c
@@ -132,93 +153,185 @@ LEFT JOIN LATERAL (
 ) AS e ON true
 
 -- name: write_outcomes
--- Every outcome of a batch in one statement (one round trip, atomic): completed jobs are
--- deleted; retries get their next run_at and the error appended; dead letters move to the DLQ
--- in the statement that removes them; on_failure: log drops them into the audit trail.
-WITH completed AS (
-    DELETE FROM pgobs.jobs WHERE id = ANY(%(completed)s::bigint[])
+-- Starts and outcomes of a batch in one statement (one round trip, atomic). Every branch
+-- touches only jobs still running under this worker's lease and returns the ids it wrote; an id
+-- that does not come back was not ours any more (the lease lapsed and the job was rescued),
+-- and the caller discards that result. A start sets the attempt it is; completed jobs are
+-- deleted; retries wait in 'scheduled' with the error appended; dead letters move to the DLQ in
+-- the statement that removes them; on_failure: log drops them into the audit trail.
+WITH started AS (
+    UPDATE pgobs.jobs AS j
+    SET attempts = s.attempt, attempted_at = now()
+    FROM unnest(%(start_ids)s::bigint[], %(start_attempts)s::int[]) AS s(id, attempt)
+    WHERE j.id = s.id AND j.id = ANY(%(start_ids)s::bigint[])
+      AND j.locked_by = %(worker)s AND j.state = 'running'
+    RETURNING j.id
+), completed AS (
+    DELETE FROM pgobs.jobs AS j
+    WHERE j.id = ANY(%(completed)s::bigint[]) AND j.locked_by = %(worker)s
+      AND j.state = 'running'
+    RETURNING j.id
 ), retried AS (
     UPDATE pgobs.jobs AS j
-    SET locked_by = NULL, locked_until = NULL,
+    SET state = CASE WHEN r.delay_s > 0 THEN 'scheduled' ELSE 'available' END,
+        locked_by = NULL, locked_until = NULL, attempted_at = NULL, attempts = r.attempt,
         run_at = now() + make_interval(secs => r.delay_s),
         last_error = r.error,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
-            'attempt', j.attempts, 'error', r.error, 'kind', 'transient', 'at', now()))
-    FROM unnest(%(retry_ids)s::bigint[], %(retry_delays)s::float8[], %(retry_errors)s::text[])
-         AS r(id, delay_s, error)
-    WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[]) AND j.locked_by = %(worker)s
+            'attempt', r.attempt, 'error', r.error, 'kind', 'transient', 'at', now()))
+    FROM unnest(%(retry_ids)s::bigint[], %(retry_delays)s::float8[], %(retry_errors)s::text[],
+                %(retry_attempts)s::int[]) AS r(id, delay_s, error, attempt)
+    WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[])
+      AND j.locked_by = %(worker)s AND j.state = 'running'
+    RETURNING j.id
 ), failed AS (
     DELETE FROM pgobs.jobs AS j
-    USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[])
-          AS r(id, error, kind)
-    WHERE j.id = r.id AND j.id = ANY(%(dead_ids)s::bigint[]) AND j.locked_by = %(worker)s
-    RETURNING j.*, r.error, r.kind
+    USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[],
+                 %(dead_attempts)s::int[]) AS r(id, error, kind, attempt)
+    WHERE j.id = r.id AND j.id = ANY(%(dead_ids)s::bigint[])
+      AND j.locked_by = %(worker)s AND j.state = 'running'
+    RETURNING j.*, r.error, r.kind, r.attempt
 ), dead AS (
-    INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, payload,
-                           priority, attempts, max_attempts, last_error, error_kind, errors,
-                           created_at)
-    SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
+    INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                           payload, priority, attempts, max_attempts, last_error, error_kind,
+                           errors, created_at)
+    SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
            coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
                     f.payload, '{}'::jsonb),
-           f.payload, f.priority, f.attempts, f.max_attempts, f.error, f.kind,
+           f.payload, f.priority, f.attempt, f.max_attempts, f.error, f.kind,
            f.errors || jsonb_build_array(jsonb_build_object(
-               'attempt', f.attempts, 'error', f.error, 'kind', f.kind, 'at', now())),
+               'attempt', f.attempt, 'error', f.error, 'kind', f.kind, 'at', now())),
            f.created_at
     FROM failed f
-    RETURNING observer
+    RETURNING job_id, observer
 ), dropped AS (
     DELETE FROM pgobs.jobs AS j
-    USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[])
-          AS r(id, error, kind)
-    WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[]) AND j.locked_by = %(worker)s
-    RETURNING j.event_id, j.observer, j.action_type, j.attempts, r.error, r.kind
+    USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[],
+                 %(drop_attempts)s::int[]) AS r(id, error, kind, attempt)
+    WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[])
+      AND j.locked_by = %(worker)s AND j.state = 'running'
+    RETURNING j.id, j.event_id, j.observer, j.action_type, r.attempt, r.error, r.kind
 ), audited AS (
     INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, message, details)
     SELECT 'action', 'failed', d.event_id, d.observer, d.action_type, d.error,
-           jsonb_build_object('attempts', d.attempts, 'error_kind', d.kind)
+           jsonb_build_object('attempts', d.attempt, 'error_kind', d.kind)
     FROM dropped d
 )
-SELECT observer FROM dead
+SELECT id, NULL::text FROM started
+UNION ALL SELECT id, NULL FROM completed
+UNION ALL SELECT id, NULL FROM retried
+UNION ALL SELECT job_id, observer FROM dead
+UNION ALL SELECT id, NULL FROM dropped
 
 -- name: extend_leases
+-- Returns the ids still ours: a missing one lost its lease and is stopped by the caller.
 UPDATE pgobs.jobs SET locked_until = now() + make_interval(secs => %(lease_s)s)
-WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'running'
+RETURNING id
 
 -- name: release_jobs
--- Graceful shutdown: hand claimed jobs that never started back, without spending an attempt.
-UPDATE pgobs.jobs SET locked_by = NULL, locked_until = NULL, attempts = greatest(attempts - 1, 0)
-WHERE id = ANY(%(ids)s) AND locked_by = %(worker)s
-
--- name: rescue_expired_jobs
--- A lease that ran out means its worker died or stalled: the job is claimable again, and it
--- counts as a failed attempt (so a job that kills its worker ends in the DLQ, not in a loop).
+-- Graceful shutdown: claimed jobs that never started go back as they were (no attempt was
+-- counted, and the claim is taken back too).
 UPDATE pgobs.jobs
-SET locked_by = NULL, locked_until = NULL,
-    last_error = 'lease expired: the worker running it died or stalled',
-    errors = errors || jsonb_build_array(jsonb_build_object(
-        'attempt', attempts, 'error', 'lease expired: the worker running it died or stalled',
-        'kind', 'transient', 'at', now(), 'worker', locked_by))
-WHERE locked_until < now() AND attempts < max_attempts
+SET state = 'available', locked_by = NULL, locked_until = NULL, claims = greatest(claims - 1, 0)
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'running'
+  AND attempted_at IS NULL
 RETURNING id
 
 -- name: dead_letter_expired_jobs
+-- A lease that ran out means its worker died or stalled. A job it had started spent that
+-- attempt: on its last one it goes to the DLQ here. So does a job claimed five times more often
+-- than it ever started: it kills or stalls its worker before the start can be recorded.
 WITH failed AS (
     DELETE FROM pgobs.jobs AS j
-    WHERE j.locked_until < now() AND j.attempts >= j.max_attempts
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM pgobs.jobs
+        WHERE state = 'running' AND locked_until < now()
+          AND ((attempted_at IS NOT NULL AND attempts >= max_attempts)
+               OR claims - attempts >= 5)
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED))
     RETURNING j.*
 )
-INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, payload,
-                       priority, attempts, max_attempts, last_error, error_kind, errors, created_at)
-SELECT f.id, f.event_id, f.observer, f.action_index, f.action_type,
+INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                       payload, priority, attempts, max_attempts, last_error, error_kind, errors,
+                       created_at)
+SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
        coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
                 f.payload, '{}'::jsonb),
-       f.payload, f.priority, f.attempts, f.max_attempts,
-       'lease expired on the last attempt: the worker running it died or stalled', 'transient',
+       f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'transient',
        f.errors || jsonb_build_array(jsonb_build_object(
-           'attempt', f.attempts, 'error', 'lease expired on the last attempt', 'kind',
-           'transient', 'at', now(), 'worker', f.locked_by)),
+           'attempt', f.attempts, 'error', m.message, 'kind', 'transient', 'at', now(),
+           'worker', f.locked_by)),
        f.created_at
 FROM failed f
+CROSS JOIN LATERAL (SELECT CASE WHEN f.attempted_at IS NOT NULL
+    THEN 'lease expired on the last attempt: the worker running it died or stalled'
+    ELSE format('claimed %s times and never started: it kills or stalls the worker that '
+                'takes it', f.claims) END AS message) AS m
+RETURNING observer
+
+-- name: rescue_expired_jobs
+-- The other expired leases: the job is claimable again. One that had started spent its attempt
+-- and gets the error in its history; one that never started spent nothing.
+UPDATE pgobs.jobs AS j
+SET state = 'available', locked_by = NULL, locked_until = NULL, attempted_at = NULL,
+    last_error = CASE WHEN j.attempted_at IS NOT NULL
+        THEN 'lease expired: the worker running it died or stalled' ELSE j.last_error END,
+    errors = CASE WHEN j.attempted_at IS NOT NULL
+        THEN j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts, 'error', 'lease expired: the worker running it died or stalled',
+            'kind', 'transient', 'at', now(), 'worker', j.locked_by))
+        ELSE j.errors END
+WHERE j.id = ANY(ARRAY(
+    SELECT id FROM pgobs.jobs
+    WHERE state = 'running' AND locked_until < now()
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED))
+RETURNING id
+
+-- name: register_worker
+-- The actions this worker runs, refreshed with its leases (see pgobs.workers in 0003).
+INSERT INTO pgobs.workers (worker_id, host, pid, actions)
+VALUES (%(worker)s, %(host)s, %(pid)s, %(actions)s)
+ON CONFLICT (worker_id) DO UPDATE SET actions = EXCLUDED.actions, last_seen = now()
+
+-- name: unregister_worker
+DELETE FROM pgobs.workers WHERE worker_id = %(worker)s
+
+-- name: dead_letter_unknown_actions
+-- Jobs whose action no live worker has run for a minute: removed from the config for good (a
+-- rolling deploy keeps at least one worker that knows it alive). Only while some worker lives.
+WITH live AS (
+    SELECT DISTINCT unnest(actions) AS action_key FROM pgobs.workers
+    WHERE last_seen > now() - interval '30 seconds'
+), failed AS (
+    DELETE FROM pgobs.jobs AS j
+    WHERE j.id = ANY(ARRAY(
+        SELECT id FROM pgobs.jobs AS q
+        WHERE q.state IN ('available', 'scheduled') AND q.run_at < now() - interval '60 seconds'
+          AND EXISTS (SELECT 1 FROM live)
+          AND NOT EXISTS (SELECT 1 FROM live WHERE live.action_key =
+                          q.observer || '/' || coalesce(q.action, '#' || q.action_index))
+        LIMIT 1000
+        FOR UPDATE SKIP LOCKED))
+    RETURNING j.*
+)
+INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                       payload, priority, attempts, max_attempts, last_error, error_kind, errors,
+                       created_at)
+SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
+       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                f.payload, '{}'::jsonb),
+       f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'permanent',
+       f.errors || jsonb_build_array(jsonb_build_object(
+           'attempt', f.attempts, 'error', m.message, 'kind', 'permanent', 'at', now())),
+       f.created_at
+FROM failed f
+CROSS JOIN LATERAL (SELECT format(
+    'action %s of observer %s is in no running worker''s config: it was removed or renamed; '
+    'restore it in observers.yaml, then pgobs dlq retry', coalesce(f.action, '#' || f.action_index),
+    f.observer) AS message) AS m
 RETURNING observer
 
 -- name: cache_invalidate
@@ -246,9 +359,9 @@ ORDER BY id
 WITH taken AS (
     DELETE FROM pgobs.dlq WHERE id = ANY(%(ids)s) RETURNING *
 )
-INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, payload, priority,
-                        max_attempts, errors)
-SELECT event_id, observer, action_index, action_type, coalesce(payload, event), priority,
+INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, payload,
+                        priority, max_attempts, errors)
+SELECT event_id, observer, action, action_index, action_type, coalesce(payload, event), priority,
        max_attempts,
        errors || jsonb_build_array(jsonb_build_object('retried_from_dlq', id, 'at', now()))
 FROM taken

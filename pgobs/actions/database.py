@@ -9,9 +9,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from pgobs.actions.failures import ActionFailed, ErrorKind
 from pgobs.actions.specs import DatabaseSpec
 from pgobs.db.connect import Connection
-from pgobs.queue.outcome import ActionFailed, ErrorKind
 
 # SQLSTATE classes worth retrying: connection, transaction rollback (serialization, deadlock),
 # insufficient resources, object not available (lock), operator intervention (shutdown).

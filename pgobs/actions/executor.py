@@ -1,10 +1,14 @@
-"""Runs one job's action with its timeout, and turns whatever happened into an outcome."""
+"""Runs one action with its timeout, and turns whatever happened into an outcome.
+
+The executor knows nothing of the queue: it takes an :class:`ActionCall` (the event, the
+observer, the action's name, the attempt and the idempotency key), which the queue's jobs are.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
 import httpx
 from prometheus_client import Counter, Histogram
@@ -12,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgobs.actions.cache import invalidate
 from pgobs.actions.database import call_function
+from pgobs.actions.failures import ActionFailed, Failure
 from pgobs.actions.mail import send_email
 from pgobs.actions.python import call_handler
 from pgobs.actions.slack import send_slack
@@ -26,80 +31,113 @@ from pgobs.actions.specs import (
     WebhookSpec,
     action_type,
 )
+from pgobs.actions.threads import ThreadRunner
 from pgobs.actions.webhook import send_webhook
-from pgobs.config.model import Config
+from pgobs.config.model import Config, Observer
 from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
-from pgobs.queue.jobs import Job
-from pgobs.queue.outcome import ActionFailed, Failure
 from pgobs.templates import TemplateFailed
 
 log = logging.getLogger("pgobs.actions")
 
 
+class ActionCall(Protocol):
+    """What the executor needs to run one action once."""
+
+    @property
+    def observer(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def event(self) -> Event | None: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def idempotency_key(self) -> str: ...
+
+
 class ActionExecutor:
     def __init__(
-        self, config: Config, pool: AsyncConnectionPool[Connection], http: httpx.AsyncClient
+        self,
+        config: Config,
+        pool: AsyncConnectionPool[Connection],
+        http: httpx.AsyncClient,
+        threads: ThreadRunner,
     ) -> None:
         self.observers = {obs.name: obs for obs in config.observers}
         self.pool = pool
         self.http = http
+        self.threads = threads
         self._children: dict[str, tuple[Histogram, Counter]] = {}
 
-    def timeout_s(self, job: Job) -> float:
-        """How long ``job``'s action may run; the worker pool enforces it."""
-        obs = self.observers.get(job.observer)
-        if obs is None or job.action_index >= len(obs.actions):
-            return 1.0
-        return obs.actions[job.action_index].timeout_ms / 1000
+    def action_keys(self) -> list[str]:
+        """``observer/action`` of every action this executor can run."""
+        return [key for obs in self.observers.values() for key in obs.action_keys()]
+
+    def _spec(self, call: ActionCall) -> tuple[Observer, ActionSpec] | None:
+        obs = self.observers.get(call.observer)
+        spec = obs.action(call.action) if obs is not None else None
+        return None if obs is None or spec is None else (obs, spec)
+
+    def timeout_s(self, call: ActionCall) -> float:
+        """How long ``call``'s action may run; the caller enforces it."""
+        found = self._spec(call)
+        return found[1].timeout_ms / 1000 if found else 1.0
 
     def shortest_timeout_s(self) -> float:
         timeouts = [a.timeout_ms for obs in self.observers.values() for a in obs.actions]
         return min(timeouts, default=10_000) / 1000
 
-    def timed_out(self, job: Job) -> Failure:
-        obs = self.observers[job.observer]
-        spec = obs.actions[job.action_index]
-        kind = action_type(spec)
+    def runs_in_thread(self, call: ActionCall) -> bool:
+        """Whether the action is a sync handler, whose thread outlives a timeout."""
+        found = self._spec(call)
+        return found is not None and isinstance(found[1], PythonSpec) and not found[1].is_async
+
+    def describe(self, call: ActionCall) -> str:
+        found = self._spec(call)
+        if found is not None and isinstance(found[1], PythonSpec):
+            return f"{call.observer}/{call.action} ({found[1].handler_name})"
+        return f"{call.observer}/{call.action}"
+
+    def timed_out(self, call: ActionCall) -> Failure:
+        found = self._spec(call)
+        kind = action_type(found[1]) if found else "unknown"
+        timeout_ms = found[1].timeout_ms if found else 0
         self._metrics(kind)[1].inc()
         metrics.actions_failed.labels(kind, "transient").inc()
-        return Failure(job.id, f"{kind} action timed out after {spec.timeout_ms} ms", "transient")
+        return Failure(f"{kind} action timed out after {timeout_ms} ms", "transient")
 
-    async def run(self, job: Job) -> Failure | None:
-        """Run ``job``'s action; None on success, else the failure and its class.
+    async def run(self, call: ActionCall) -> Failure | None:
+        """Run ``call``'s action; None on success, else the failure and its class.
 
-        The caller enforces ``timeout_s(job)``: one cancel scope per job cost more CPU than the
-        rest of a no-op job's run together, so the pool keeps one per runner instead.
+        The caller enforces ``timeout_s(call)``: one cancel scope per job cost more CPU than the
+        rest of a no-op job's run together, so the queue keeps one per runner instead.
         """
-        obs = self.observers.get(job.observer)
-        if obs is None or job.action_index >= len(obs.actions):
+        found = self._spec(call)
+        if found is None:
             return Failure(
-                job.id,
-                f"observer {job.observer!r} action {job.action_index} is not in the loaded config",
+                f"action {call.action!r} of observer {call.observer!r} is not in this worker's "
+                "config",
                 "permanent",
             )
-        if job.event is None:
+        if call.event is None:
             return Failure(
-                job.id,
-                "the event no longer exists (purged) and the job kept no payload",
-                "permanent",
+                "the event no longer exists (purged) and the job kept no payload", "permanent"
             )
-        spec = obs.actions[job.action_index]
+        spec = found[1]
         kind = action_type(spec)
         started = time.perf_counter()
         failure: Failure | None = None
         try:
-            await self._dispatch(spec, job, job.event)
+            await self._dispatch(spec, call, call.event)
         except ActionFailed as exc:
-            failure = Failure(job.id, exc.message, exc.kind, exc.retry_after_s)
+            failure = Failure(exc.message, exc.kind, exc.retry_after_s)
         except TemplateFailed as exc:
-            failure = Failure(job.id, str(exc), "permanent")
+            failure = Failure(str(exc), "permanent")
         except Exception as exc:
-            log.exception("%s action of %s raised", kind, job.observer)
-            failure = Failure(
-                job.id, f"{kind} action raised {type(exc).__name__}: {exc}", "transient"
-            )
+            log.exception("%s action of %s raised", kind, call.observer)
+            failure = Failure(f"{kind} action raised {type(exc).__name__}: {exc}", "transient")
         duration, executed = self._metrics(kind)
         duration.observe(time.perf_counter() - started)
         executed.inc()
@@ -115,24 +153,24 @@ class ActionExecutor:
             self._children[kind] = found
         return found
 
-    async def _dispatch(self, spec: ActionSpec, job: Job, event: Event) -> None:
+    async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> None:
         if isinstance(spec, PythonSpec):  # first: the hot path of the benchmarks
-            await call_handler(spec, event)
+            await call_handler(spec, event, self.threads, call.idempotency_key)
             return
-        context = _context(event, job)
+        context = _context(event, call)
         if isinstance(spec, WebhookSpec):
-            await send_webhook(self.http, spec, context, job.webhook_id)
+            await send_webhook(self.http, spec, context, call.idempotency_key)
         elif isinstance(spec, SlackSpec):
             await send_slack(self.http, spec, context)
         elif isinstance(spec, EmailSpec):
-            await send_email(spec, context, job.webhook_id)
+            await send_email(spec, context, call.idempotency_key)
         elif isinstance(spec, DatabaseSpec):
             await call_function(self.pool, spec, context["event"])
         elif isinstance(spec, LogSpec):
             message = (
                 spec.message.render(context)
                 if spec.message
-                else (f"{job.observer}: {event.entity_type} {event.entity_id} {event.event_type}")
+                else (f"{call.observer}: {event.entity_type} {event.entity_id} {event.event_type}")
             )
             log.log(logging.getLevelName(spec.level.upper()), "%s", message)
         elif isinstance(spec, CacheSpec):
@@ -141,8 +179,8 @@ class ActionExecutor:
             assert_never(spec)
 
 
-def _context(event: Event, job: Job) -> dict[str, Any]:
+def _context(event: Event, call: ActionCall) -> dict[str, Any]:
     """What templates see: the envelope's fields at the top, and ``event`` for the whole."""
     envelope = event.envelope()
-    envelope["observer"] = job.observer
-    return {**envelope, "event": envelope, "attempt": job.attempts}
+    envelope["observer"] = call.observer
+    return {**envelope, "event": envelope, "attempt": call.attempt}

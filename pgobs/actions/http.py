@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from pgobs.queue.outcome import ActionFailed
+from pgobs.actions.failures import ActionFailed
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 

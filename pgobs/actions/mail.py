@@ -5,8 +5,8 @@ from __future__ import annotations
 from email.message import EmailMessage
 from typing import Any
 
+from pgobs.actions.failures import ActionFailed, ErrorKind
 from pgobs.actions.specs import EmailSpec
-from pgobs.queue.outcome import ActionFailed, ErrorKind
 
 
 async def send_email(spec: EmailSpec, context: dict[str, Any], msg_id: str) -> None:

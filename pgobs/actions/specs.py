@@ -99,6 +99,17 @@ def action_type(spec: ActionSpec) -> str:
     return _TYPE_OF[type(spec)]
 
 
+def derived_name(spec: ActionSpec) -> str:
+    """An action's identity when it has no ``name:``: what it calls (handler, SQL function),
+    else its type. Jobs find their action by it, so it must not depend on the action's
+    position."""
+    if isinstance(spec, PythonSpec):
+        return spec.handler_name
+    if isinstance(spec, DatabaseSpec):
+        return ".".join(spec.function)
+    return action_type(spec)
+
+
 def parse_action(f: Fields, base_dir: FsPath) -> ActionSpec | None:
     kind = f.string("type", required=True, choices=ACTION_TYPES, hint="e.g. type: webhook")
     timeout_ms = f.integer("timeout_ms", default=DEFAULT_TIMEOUT_MS, minimum=1, maximum=3_600_000)

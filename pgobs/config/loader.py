@@ -6,7 +6,7 @@ import re
 from pathlib import Path as FsPath
 from typing import Any
 
-from pgobs.actions.specs import ActionSpec, parse_action
+from pgobs.actions.specs import ActionSpec, derived_name, parse_action
 from pgobs.conditions import ConditionSyntaxError, compile_condition
 from pgobs.config.fields import Fields
 from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
@@ -109,6 +109,7 @@ def _observer(
                 "e.g. status == 'paid' && total > 100",
             )
     actions: list[ActionSpec] = []
+    names: list[tuple[int, str, bool]] = []  # (position, name, given explicitly)
     raw_actions = f.get("actions")
     if not isinstance(raw_actions, list) or not raw_actions:
         issues.error(
@@ -120,12 +121,20 @@ def _observer(
     for i, raw_action in enumerate(raw_actions):
         af = Fields(raw_action, (*f.at("actions"), i), issues, "an action", strict_env=strict_env)
         if af.ok:
+            action_name = _action_name(af)
             spec = parse_action(af, base_dir)
             if spec is not None:
                 actions.append(spec)
+                names.append((i, action_name or derived_name(spec), action_name is not None))
+    _check_action_names(f, names)
     retry = _retry(f)
     on_failure = f.string("on_failure", default="dlq", choices=("dlq", "log"))
     priority = f.integer("priority", default=0, minimum=-32768, maximum=32767)
+    max_concurrency = (
+        f.integer("max_concurrency", default=1, minimum=1, maximum=100_000)
+        if f.has("max_concurrency")
+        else None
+    )
     f.finish()
     return Observer(
         name=name,
@@ -134,11 +143,40 @@ def _observer(
         condition_source=condition_source,
         condition=condition,
         actions=tuple(actions),
+        action_names=tuple(name for _, name, _ in names),
         retry=retry,
         on_failure=on_failure,  # type: ignore[arg-type]  # choices= narrows it
         priority=priority,
+        max_concurrency=max_concurrency,
         line=issues.line_of(path),
     )
+
+
+def _action_name(af: Fields) -> str | None:
+    """An action's explicit identity (``name:``), checked like observer names."""
+    name = af.string("name")
+    if name is not None and not _NAME.match(name):
+        af.issues.error(
+            af.at("name"),
+            f"action name {name!r} has unusual characters",
+            "use letters, digits, and - _ . :",
+        )
+    return name
+
+
+def _check_action_names(f: Fields, names: list[tuple[int, str, bool]]) -> None:
+    """Jobs find their action by name, so two actions of one observer may not share one: a
+    derived name (the type) would otherwise send one action's retries to the other."""
+    seen: set[str] = set()
+    for position, name, explicit in names:
+        if name in seen:
+            f.issues.error(
+                (*f.at("actions"), position, "name" if explicit else "type"),
+                f"two actions of this observer are both named {name!r}"
+                + ("" if explicit else " (without name:, an action is named by its type)"),
+                "give each a unique name:, e.g. name: notify-crm",
+            )
+        seen.add(name)
 
 
 def _event_types(f: Fields) -> frozenset[str] | None:

@@ -42,10 +42,29 @@ class Observer:
     condition_source: str | None
     condition: Callable[[Event], bool] | None
     actions: tuple[ActionSpec, ...]
+    action_names: tuple[str, ...]  # each action's identity, in the order of ``actions``
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_failure: OnFailure = "dlq"
     priority: int = 0
+    max_concurrency: int | None = None  # runners of one worker it may fill; None: the default
     line: int = 0
+
+    def action(self, name: str) -> ActionSpec | None:
+        """The action called ``name``; ``#n`` is the n-th (jobs written before actions had
+        names)."""
+        if name.startswith("#"):
+            index = int(name[1:]) if name[1:].isdigit() else len(self.actions)
+            return self.actions[index] if index < len(self.actions) else None
+        for known, spec in zip(self.action_names, self.actions, strict=True):
+            if known == name:
+                return spec
+        return None
+
+    def action_keys(self) -> list[str]:
+        """``observer/action`` for every action, as jobs are claimed by."""
+        return [f"{self.name}/{name}" for name in self.action_names] + [
+            f"{self.name}/#{i}" for i in range(len(self.actions))
+        ]
 
     def matches(self, event: Event) -> bool:
         """Whether ``event`` triggers this observer (entity and type are checked by the index)."""

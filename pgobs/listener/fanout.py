@@ -47,6 +47,7 @@ class FanoutPlan:
 
     event_ids: list[int] = field(default_factory=list)
     observers: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
     action_indexes: list[int] = field(default_factory=list)
     action_types: list[str] = field(default_factory=list)
     priorities: list[int] = field(default_factory=list)
@@ -71,6 +72,7 @@ class FanoutPlan:
         return {
             "event_ids": self.event_ids,
             "observers": self.observers,
+            "actions": self.actions,
             "action_indexes": self.action_indexes,
             "action_types": self.action_types,
             "priorities": self.priorities,
@@ -93,9 +95,12 @@ def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
                 plan.add_audit(event, obs, f"condition failed: {exc!r}")
                 continue
             if matched:
-                for position, spec in enumerate(obs.actions):
+                for position, (name, spec) in enumerate(
+                    zip(obs.action_names, obs.actions, strict=True)
+                ):
                     plan.event_ids.append(event.id)
                     plan.observers.append(obs.name)
+                    plan.actions.append(name)
                     plan.action_indexes.append(position)
                     plan.action_types.append(action_type(spec))
                     plan.priorities.append(obs.priority)

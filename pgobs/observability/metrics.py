@@ -44,6 +44,16 @@ action_duration = Histogram(
 )
 dlq_moved = Counter("observer_dlq_moved", "Jobs moved to the dead-letter queue.", ["observer"])
 jobs_in_flight = Gauge("observer_jobs_in_flight", "Actions running in this process.")
+leases_lost = Counter(
+    "observer_leases_lost",
+    "Jobs this worker stopped or whose result it discarded because its lease had lapsed.",
+    ["observer"],
+)
+handler_threads_stuck = Gauge(
+    "observer_handler_threads_stuck",
+    "Threads still running a sync handler whose timeout has passed (they count against the "
+    "thread bound until they return).",
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

@@ -1,75 +1,117 @@
-"""Claimed jobs and the batched writes that end them (complete, retry, dead-letter)."""
+"""Claimed jobs, and every statement a worker runs on the jobs table.
+
+Ownership is a SQL condition that reports back: each write touches only jobs still running under
+this worker's lease and returns the ids it wrote, so the caller can tell "done" from "not mine any
+more" (the lease lapsed and another worker may run the job).
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.rows import kwargs_row
 from psycopg_pool import AsyncConnectionPool
 
+from pgobs.actions.failures import ErrorKind
 from pgobs.db.connect import Connection, connect
 from pgobs.db.sqlfiles import query
 from pgobs.events import Event
-from pgobs.queue.outcome import ErrorKind
 
 
 @dataclass(slots=True)
 class Job:
+    """A claimed job: what the executor needs to run it (see ``ActionCall``) and to write it."""
+
     id: int
+    event_id: int
     observer: str
-    action_index: int
-    attempts: int
+    action: str  # its identity within the observer; '#n' for jobs from before names existed
+    action_index: int  # the action's position when the job was created
+    attempt: int  # the attempt this run is, once started
     max_attempts: int
     event: Event | None  # None: the event is gone (purged) and no payload was kept
 
     @property
-    def webhook_id(self) -> str:
-        """Stable across retries, unique per event × observer × action (Standard Webhooks)."""
-        event_id = self.event.id if self.event else 0
-        return f"evt_{event_id}_{self.observer}_{self.action_index}"
+    def idempotency_key(self) -> str:
+        """``webhook-id``: stable across retries, restarts and config changes, unique per
+        event × observer × action (Standard Webhooks)."""
+        return f"evt_{self.event_id}_{self.observer}_{self.action_index}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a started job ended, as written: completed, retried, dead-lettered or dropped."""
+
+    job_id: int
+    attempt: int
+    kind: str  # completed | retry | dead | drop
+    error: str = ""
+    error_kind: ErrorKind = "transient"
+    delay_s: float = 0.0
 
 
 @dataclass
-class Outcomes:
-    """Ends of jobs waiting to be written, gathered so one transaction writes many."""
+class Batch:
+    """Starts and outcomes waiting to be written, so one statement writes many."""
 
-    completed: list[int] = field(default_factory=list)
-    retry_ids: list[int] = field(default_factory=list)
-    retry_delays: list[float] = field(default_factory=list)
-    retry_errors: list[str] = field(default_factory=list)
-    dead: list[tuple[int, str, ErrorKind]] = field(default_factory=list)
-    discarded: list[tuple[int, str, ErrorKind]] = field(default_factory=list)
+    starts: dict[int, int] = field(default_factory=dict)  # job id -> attempt
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.completed) + len(self.retry_ids) + len(self.dead) + len(self.discarded)
+        return len(self.starts) + len(self.outcomes)
 
-    def ids(self) -> list[int]:
-        return [
-            *self.completed,
-            *self.retry_ids,
-            *(d[0] for d in self.dead),
-            *(d[0] for d in self.discarded),
+    def ids(self) -> set[int]:
+        return set(self.starts) | set(self.outcomes)
+
+    def merge(self, other: Batch) -> None:
+        for job_id, attempt in other.starts.items():
+            if job_id not in self.outcomes:
+                self.starts[job_id] = attempt
+        for job_id, outcome in other.outcomes.items():
+            self.outcomes[job_id] = outcome
+            self.starts.pop(job_id, None)
+
+    def split(self) -> list[Batch]:
+        """One Batch per job: to find the one row a batch write cannot take."""
+        return [Batch(starts={i: a}) for i, a in self.starts.items()] + [
+            Batch(outcomes={i: o}) for i, o in self.outcomes.items()
         ]
 
-    def merge(self, other: Outcomes) -> None:
-        self.completed += other.completed
-        self.retry_ids += other.retry_ids
-        self.retry_delays += other.retry_delays
-        self.retry_errors += other.retry_errors
-        self.dead += other.dead
-        self.discarded += other.discarded
+    def params(self, worker: str) -> dict[str, Any]:
+        by_kind: dict[str, list[Outcome]] = {"completed": [], "retry": [], "dead": [], "drop": []}
+        for outcome in self.outcomes.values():
+            by_kind[outcome.kind].append(outcome)
+        params: dict[str, Any] = {
+            "worker": worker,
+            "start_ids": list(self.starts),
+            "start_attempts": list(self.starts.values()),
+            "completed": [o.job_id for o in by_kind["completed"]],
+            "retry_ids": [o.job_id for o in by_kind["retry"]],
+            "retry_delays": [o.delay_s for o in by_kind["retry"]],
+            "retry_errors": [o.error for o in by_kind["retry"]],
+            "retry_attempts": [o.attempt for o in by_kind["retry"]],
+        }
+        for prefix in ("dead", "drop"):
+            failures = by_kind[prefix]
+            params[f"{prefix}_ids"] = [o.job_id for o in failures]
+            params[f"{prefix}_errors"] = [o.error for o in failures]
+            params[f"{prefix}_kinds"] = [o.error_kind for o in failures]
+            params[f"{prefix}_attempts"] = [o.attempt for o in failures]
+        return params
 
-    def split(self) -> list[Outcomes]:
-        """One Outcomes per job: to find the one row a batch write cannot take."""
-        singles = [Outcomes(completed=[i]) for i in self.completed]
-        singles += [
-            Outcomes(retry_ids=[i], retry_delays=[d], retry_errors=[e])
-            for i, d, e in zip(self.retry_ids, self.retry_delays, self.retry_errors, strict=True)
-        ]
-        singles += [Outcomes(dead=[d]) for d in self.dead]
-        singles += [Outcomes(discarded=[d]) for d in self.discarded]
-        return singles
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a batch write reports: the ids it wrote, and the observers of dead letters."""
+
+    ids: set[int]
+    dead_observers: list[str]
 
 
 class JobStore:
@@ -82,102 +124,124 @@ class JobStore:
         self.worker_id = worker_id
         self.lease_s = lease_s
 
-    async def claim(self, limit: int) -> list[Job]:
-        """Claim up to ``limit`` due jobs, on the claimer's own connection (see
-        claimer_session_settings); a broken connection is replaced on the next call."""
+    async def claim(self, limit: int, known: Sequence[str]) -> list[Job]:
+        """Claim up to ``limit`` due jobs whose ``observer/action`` is in ``known``, on the
+        claimer's own connection (see claimer_session_settings); a broken connection is
+        replaced on the next call."""
         if self._claim_conn is None or self._claim_conn.closed:
             self._claim_conn = await connect(self.dsn, autocommit=True)
             await self._claim_conn.execute(query("claimer_session_settings"))
         try:
-            cur = await self._claim_conn.execute(
-                query("claim_jobs"),
-                {"limit": limit, "worker": self.worker_id, "lease_s": self.lease_s},
-            )
-            rows = await cur.fetchall()
+            async with self._claim_conn.cursor(row_factory=kwargs_row(_claimed_job)) as cur:
+                await cur.execute(
+                    query("claim_jobs"),
+                    {
+                        "limit": limit,
+                        "known": list(known),
+                        "worker": self.worker_id,
+                        "lease_s": self.lease_s,
+                    },
+                )
+                return await cur.fetchall()
         except psycopg.Error:
             await self._claim_conn.close()
             raise
-        return [_job(row) for row in rows]
 
     async def close(self) -> None:
         if self._claim_conn is not None:
             await self._claim_conn.close()
 
-    async def write(self, out: Outcomes) -> list[str]:
-        """Write every outcome in one statement; returns the observers of dead-lettered jobs."""
-        params: dict[str, Any] = {
-            "completed": out.completed,
-            "retry_ids": out.retry_ids,
-            "retry_delays": out.retry_delays,
-            "retry_errors": out.retry_errors,
-            "worker": self.worker_id,
-        }
-        for prefix, failures in (("dead", out.dead), ("drop", out.discarded)):
-            params[f"{prefix}_ids"] = [f[0] for f in failures]
-            params[f"{prefix}_errors"] = [f[1] for f in failures]
-            params[f"{prefix}_kinds"] = [f[2] for f in failures]
+    async def write(self, batch: Batch) -> Written:
+        """Write every start and outcome in one statement."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query("write_outcomes"), params)
-            return [row[0] for row in await cur.fetchall()]
+            cur = await conn.execute(query("write_outcomes"), batch.params(self.worker_id))
+            rows = await cur.fetchall()
+        return Written({row[0] for row in rows}, [row[1] for row in rows if row[1] is not None])
 
-    async def extend_leases(self, ids: list[int]) -> None:
+    async def extend_leases(self, ids: list[int]) -> set[int]:
+        """Extend the leases of ``ids``; returns those still ours."""
         async with self.pool.connection() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 query("extend_leases"),
                 {"ids": ids, "worker": self.worker_id, "lease_s": self.lease_s},
             )
+            return {row[0] for row in await cur.fetchall()}
 
-    async def release(self, ids: list[int]) -> None:
+    async def release(self, ids: list[int]) -> int:
+        """Hand back jobs that never started; returns how many went back."""
         async with self.pool.connection() as conn:
-            await conn.execute(query("release_jobs"), {"ids": ids, "worker": self.worker_id})
+            cur = await conn.execute(query("release_jobs"), {"ids": ids, "worker": self.worker_id})
+            return len(await cur.fetchall())
+
+    async def register(self, action_keys: list[str]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                query("register_worker"),
+                {
+                    "worker": self.worker_id,
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "actions": action_keys,
+                },
+            )
+
+    async def unregister(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(query("unregister_worker"), {"worker": self.worker_id})
 
     async def rescue_expired(self) -> tuple[int, list[str]]:
-        """Make expired leases claimable again; dead-letter those that were on their last try."""
+        """Expired leases: dead-letter the jobs that were on their last attempt (or never get
+        started), make the others claimable again. Returns (rescued, dead-lettered observers)."""
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(query("rescue_expired_jobs"))
-            rescued = len(await cur.fetchall())
             cur = await conn.execute(query("dead_letter_expired_jobs"))
             dead = [row[0] for row in await cur.fetchall()]
+            cur = await conn.execute(query("rescue_expired_jobs"))
+            rescued = len(await cur.fetchall())
         return rescued, dead
 
+    async def dead_letter_unknown_actions(self) -> list[str]:
+        """Dead-letter jobs whose action no live worker knows; returns their observers."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("dead_letter_unknown_actions"))
+            return [row[0] for row in await cur.fetchall()]
 
-def _job(row: tuple[Any, ...]) -> Job:
-    (
-        job_id,
-        observer,
-        action_index,
-        attempts,
-        max_attempts,
-        payload,
-        event_id,
-        entity_type,
-        *rest,
-    ) = row
+
+def _claimed_job(
+    *,
+    id: int,
+    observer: str,
+    action: str,
+    action_index: int,
+    attempts: int,
+    max_attempts: int,
+    claims: int,
+    payload: Any,
+    event_id: int,
+    entity_type: str | None,
+    entity_id: str | None,
+    event_type: str | None,
+    data: Any,
+    old_data: Any,
+    changed_fields: list[str] | None,
+    tenant: str | None,
+    actor: str | None,
+    created_at: datetime | None,
+) -> Job:
+    """One row of claim_jobs: the job, with its event's row or else its payload's copy."""
     event: Event | None = None
     if entity_type is not None:
-        entity_id, event_type, data, old_data, changed, tenant, actor, created_at = rest
         event = Event(
             id=event_id,
             entity_type=entity_type,
             entity_id=entity_id,
-            event_type=event_type,
+            event_type=event_type or "",
             data=data,
             old_data=old_data,
-            changed_fields=changed,
+            changed_fields=changed_fields,
             tenant=tenant,
             actor=actor,
             created_at=created_at,
         )
     elif isinstance(payload, dict) and "entity_type" in payload:
-        event = Event(
-            id=event_id,
-            entity_type=payload["entity_type"],
-            entity_id=payload.get("entity_id"),
-            event_type=payload.get("event_type", ""),
-            data=payload.get("data"),
-            old_data=payload.get("old_data"),
-            changed_fields=payload.get("changed_fields"),
-            tenant=payload.get("tenant"),
-            actor=payload.get("actor"),
-        )
-    return Job(job_id, observer, action_index, attempts, max_attempts, event)
+        event = Event.from_json(event_id, payload)
+    return Job(id, event_id, observer, action, action_index, attempts + 1, max_attempts, event)

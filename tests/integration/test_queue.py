@@ -270,12 +270,14 @@ observers:
 
 def test_actions_of_one_event_run_concurrently(db: str, receiver: Receiver, tmp_path: Path) -> None:
     receiver.delay_s = 0.5
-    hook = f'{{type: webhook, url: "{receiver.url}/slow"}}'
+    hooks = ", ".join(
+        f'{{type: webhook, name: hook-{i}, url: "{receiver.url}/slow"}}' for i in range(3)
+    )
     config = f"""
 observers:
   - name: obs-three
     entity: Order
-    actions: [{hook}, {hook}, {hook}]
+    actions: [{hooks}]
 """
     worker = start_worker(db, tmp_path, config)
     try:

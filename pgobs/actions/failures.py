@@ -22,7 +22,6 @@ class ActionFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    job_id: int
     message: str
     kind: ErrorKind
     retry_after_s: float | None = None

@@ -1,0 +1,178 @@
+"""Running: ``concurrency`` long-lived runners take jobs from one stream, one job at a time.
+
+No task and no cancel scope per job: each runner keeps one scope, which the watchdog cancels when
+its job passes its deadline (or the completer, when the job's lease is lost; or shutdown, when
+the grace period ends); then a fresh scope takes over. An observer may fill at most its share of
+the runners, so one hanging endpoint cannot starve the others: its surplus jobs wait aside, and
+the producer claims none of its jobs while it is full.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from pgobs.actions.executor import ActionExecutor
+from pgobs.actions.failures import Failure
+from pgobs.observability import metrics
+from pgobs.queue.completer import Completer
+from pgobs.queue.jobs import Job
+
+log = logging.getLogger("pgobs.queue")
+
+StopReason = Literal["timeout", "lost", "shutdown"]
+
+
+class _Slot:
+    """What one runner is doing, for the watchdog and for whoever stops it."""
+
+    __slots__ = ("deadline", "job", "reason", "scope", "stopped")
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+        self.deadline = 0.0
+        self.stopped: Job | None = None
+        self.reason: StopReason = "timeout"
+        self.scope = anyio.CancelScope()
+
+    def stop(self, job: Job, reason: StopReason) -> None:
+        if self.job is job and self.stopped is None:
+            self.stopped, self.reason = job, reason
+            self.scope.cancel()
+
+
+class Runners:
+    def __init__(
+        self,
+        executor: ActionExecutor,
+        completer: Completer,
+        *,
+        concurrency: int,
+        shares: Mapping[str, int],
+        grace_s: float,
+    ) -> None:
+        self.executor = executor
+        self.completer = completer
+        self.concurrency = concurrency
+        self.shares = shares  # observer -> how many runners it may fill at once
+        self.grace_s = grace_s
+        self.stopping = anyio.Event()
+        self._slots: list[_Slot] = []
+        self._busy: collections.Counter[str] = collections.Counter()
+        self._aside: dict[str, collections.deque[Job]] = collections.defaultdict(collections.deque)
+        metrics.jobs_in_flight.set_function(lambda: sum(self._busy.values()))
+
+    def full(self, observer: str) -> bool:
+        """Whether ``observer`` fills its share (counting its jobs waiting aside)."""
+        waiting = self._aside.get(observer)
+        return self._busy[observer] + (len(waiting) if waiting else 0) >= self._share(observer)
+
+    def _share(self, observer: str) -> int:
+        return self.shares.get(observer, self.concurrency)
+
+    def describe_running(self) -> str:
+        """What the runners are running now, for the blocked-loop watchdog's warning."""
+        return ", ".join(
+            sorted({self.executor.describe(s.job) for s in self._slots if s.job is not None})
+        )
+
+    async def run(self, receive: MemoryObjectReceiveStream[Job]) -> None:
+        """Run jobs until the stream closes and every runner is done."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watchdog)
+            async with anyio.create_task_group() as runners, receive:
+                for _ in range(self.concurrency):
+                    runners.start_soon(self._runner, receive.clone())
+                tg.start_soon(self._stop_after_grace)
+            tg.cancel_scope.cancel()
+
+    async def _runner(self, receive: MemoryObjectReceiveStream[Job]) -> None:
+        slot = _Slot()
+        self._slots.append(slot)
+        async with receive:
+            while True:
+                with anyio.CancelScope() as slot.scope:
+                    job = self._next_aside(None)
+                    while True:
+                        if job is None:
+                            try:
+                                job = await receive.receive()
+                            except anyio.EndOfStream:
+                                return
+                        if not self.stopping.is_set() and self._admit(job):
+                            await self._run(slot, job)
+                            job = self._next_aside(job.observer)
+                        else:
+                            job = None
+                self._stopped_early(slot)
+
+    def _admit(self, job: Job) -> bool:
+        """Start ``job`` now, or set it aside while its observer fills its share."""
+        if self._busy[job.observer] >= self._share(job.observer):
+            self._aside[job.observer].append(job)
+            return False
+        return True
+
+    def _next_aside(self, observer: str | None) -> Job | None:
+        """A job set aside that may start now: ``observer``'s first, as its run just ended."""
+        names = [observer] if observer is not None else []
+        for name in [*names, *self._aside]:
+            waiting = self._aside.get(name)
+            if waiting and self._busy[name] < self._share(name):
+                return waiting.popleft()
+        return None
+
+    async def _run(self, slot: _Slot, job: Job) -> None:
+        if not self.completer.start(job, lambda: slot.stop(job, "lost")):
+            return
+        self._busy[job.observer] += 1
+        slot.deadline = anyio.current_time() + self.executor.timeout_s(job)
+        slot.job = job
+        try:
+            failure = await self.executor.run(job)
+        finally:
+            slot.job = None
+            self._busy[job.observer] -= 1
+        slot.stopped = None  # finished after all (it swallowed the cancel)
+        self.completer.finish(job, failure)
+
+    def _stopped_early(self, slot: _Slot) -> None:
+        job, slot.stopped = slot.stopped, None
+        if job is None or slot.reason == "lost":
+            return  # lost: the completer has discarded it already
+        if slot.reason == "shutdown":
+            failure = Failure(
+                f"the worker shut down before the action finished (grace period {self.grace_s:g}s)",
+                "transient",
+            )
+        else:
+            failure = self.executor.timed_out(job)
+        threads = self.executor.threads
+        if slot.reason == "timeout" and threads.is_stuck(job.idempotency_key):
+            self.completer.park(job, failure, threads)
+        else:
+            self.completer.finish(job, failure)
+
+    async def _watchdog(self) -> None:
+        """Stops the runners whose job is past its deadline, checking every ``tick`` s."""
+        tick = min(0.05, max(0.005, self.executor.shortest_timeout_s() / 4))
+        while True:
+            await anyio.sleep(tick)
+            now = anyio.current_time()
+            for slot in self._slots:
+                job = slot.job
+                if job is not None and slot.deadline <= now:
+                    slot.stop(job, "timeout")
+
+    async def _stop_after_grace(self) -> None:
+        """Stopping: running actions get ``grace_s`` to finish, then are stopped."""
+        await self.stopping.wait()
+        await anyio.sleep(self.grace_s)
+        for slot in self._slots:
+            if slot.job is not None:
+                slot.stop(slot.job, "shutdown")
