@@ -22,7 +22,10 @@ SET lock_timeout = '5s'; SET synchronous_commit = off
 -- name: claimer_session_settings
 -- A claim lost in a server crash only makes its jobs claimable again, which at-least-once
 -- delivery allows; completions keep synchronous commit, so a finished job never runs twice.
-SET synchronous_commit = off
+-- The claim's filter on known actions has no statistics (nor should the hot table pay for an
+-- index on it), and the planner, guessing it rare, would scan and sort the whole queue; the
+-- state indexes are always the right plan for a LIMITed claim, so the claimer pins them.
+SET synchronous_commit = off; SET enable_seqscan = off; SET enable_sort = off
 
 -- name: try_leader_lock
 SELECT pg_try_advisory_lock(2024061501, hashtext(%(listener_id)s))
@@ -267,8 +270,8 @@ SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
 FROM failed f
 CROSS JOIN LATERAL (SELECT CASE WHEN f.attempted_at IS NOT NULL
     THEN 'lease expired on the last attempt: the worker running it died or stalled'
-    ELSE format('claimed %s times and never started: it kills or stalls the worker that '
-                'takes it', f.claims) END AS message) AS m
+    ELSE 'claimed ' || f.claims || ' times and never started: it kills or stalls the worker '
+         'that takes it' END AS message) AS m
 RETURNING observer
 
 -- name: rescue_expired_jobs
@@ -300,7 +303,7 @@ ON CONFLICT (worker_id) DO UPDATE SET actions = EXCLUDED.actions, last_seen = no
 DELETE FROM pgobs.workers WHERE worker_id = %(worker)s
 
 -- name: dead_letter_unknown_actions
--- Jobs whose action no live worker has run for a minute: removed from the config for good (a
+-- Jobs whose action no live worker has known for after_s: removed from the config for good (a
 -- rolling deploy keeps at least one worker that knows it alive). Only while some worker lives.
 WITH live AS (
     SELECT DISTINCT unnest(actions) AS action_key FROM pgobs.workers
@@ -309,7 +312,8 @@ WITH live AS (
     DELETE FROM pgobs.jobs AS j
     WHERE j.id = ANY(ARRAY(
         SELECT id FROM pgobs.jobs AS q
-        WHERE q.state IN ('available', 'scheduled') AND q.run_at < now() - interval '60 seconds'
+        WHERE q.state IN ('available', 'scheduled')
+          AND q.run_at < now() - make_interval(secs => %(after_s)s)
           AND EXISTS (SELECT 1 FROM live)
           AND NOT EXISTS (SELECT 1 FROM live WHERE live.action_key =
                           q.observer || '/' || coalesce(q.action, '#' || q.action_index))
@@ -328,10 +332,9 @@ SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
            'attempt', f.attempts, 'error', m.message, 'kind', 'permanent', 'at', now())),
        f.created_at
 FROM failed f
-CROSS JOIN LATERAL (SELECT format(
-    'action %s of observer %s is in no running worker''s config: it was removed or renamed; '
-    'restore it in observers.yaml, then pgobs dlq retry', coalesce(f.action, '#' || f.action_index),
-    f.observer) AS message) AS m
+CROSS JOIN LATERAL (SELECT 'action ' || coalesce(f.action, '#' || f.action_index)
+    || ' of observer ' || f.observer || ' is in no running worker''s config: it was removed or '
+    'renamed; restore it in observers.yaml, then pgobs dlq retry' AS message) AS m
 RETURNING observer
 
 -- name: cache_invalidate

@@ -63,6 +63,7 @@ class Completer:
         self._faults = faults
         self._pending = Batch()
         self._ready = Doorbell()
+        self._flushing = anyio.Lock()  # one writer: drain waits for a batch half written
         self._writing: set[int] = set()
         self._uncertain: set[int] = set()  # written once by a write whose result we never saw
         self._retries_due: list[float] = []  # a heap of when this worker's retries come due
@@ -155,6 +156,10 @@ class Completer:
 
     async def flush(self) -> None:
         """Write everything pending; connection trouble is retried until it is written."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while len(self._pending):
             batch, self._pending = self._pending, Batch()
             self._writing = batch.ids()

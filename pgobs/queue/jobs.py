@@ -199,10 +199,11 @@ class JobStore:
             rescued = len(await cur.fetchall())
         return rescued, dead
 
-    async def dead_letter_unknown_actions(self) -> list[str]:
-        """Dead-letter jobs whose action no live worker knows; returns their observers."""
+    async def dead_letter_unknown_actions(self, after_s: float) -> list[str]:
+        """Dead-letter jobs due for ``after_s`` whose action no live worker knows; returns their
+        observers."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query("dead_letter_unknown_actions"))
+            cur = await conn.execute(query("dead_letter_unknown_actions"), {"after_s": after_s})
             return [row[0] for row in await cur.fetchall()]
 
 

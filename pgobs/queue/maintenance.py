@@ -58,7 +58,7 @@ class Maintenance:
         while True:
             await anyio.sleep(UNKNOWN_ACTIONS_EVERY_S)
             try:
-                dead = await self.store.dead_letter_unknown_actions()
+                dead = await self.store.dead_letter_unknown_actions(UNKNOWN_ACTIONS_EVERY_S)
             except psycopg.Error as exc:
                 log.warning("checking for jobs of removed actions failed (%s)", exc)
                 continue

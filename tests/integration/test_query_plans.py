@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import psycopg
 import pytest
 
 from pgobs.db.sqlfiles import query
+from pgobs.queue.jobs import Batch, Outcome
 from tests.support import execute
 
 ROWS = 20_000
@@ -35,6 +37,8 @@ def filled(dsn: str) -> str:
 
 def plan(dsn: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
+        if name == "claim_jobs":
+            conn.execute(query("claimer_session_settings"))  # as the claimer's session does
         cur = psycopg.ClientCursor(conn)
         cur.execute("EXPLAIN (FORMAT JSON) " + query(name), params)
         row = cur.fetchone()
@@ -56,10 +60,48 @@ def indexes(tree: dict[str, Any]) -> set[str]:
     return {n["Index Name"] for n in nodes(tree) if "Index Name" in n}
 
 
-def test_claim_uses_the_claimable_index_and_never_scans_tables(filled: str) -> None:
-    tree = plan(filled, "claim_jobs", {"limit": 512, "worker": "w", "lease_s": 30})
+CLAIM = {"limit": 512, "worker": "w", "lease_s": 30, "known": ["obs/#0"]}
+
+
+def test_claim_uses_the_state_indexes_and_never_scans_tables(filled: str) -> None:
+    tree = plan(filled, "claim_jobs", CLAIM)
     assert seq_scans(tree) == set(), json.dumps(tree)[:2000]
-    assert {"jobs_claimable", "jobs_pkey", "events_pkey"} <= indexes(tree)
+    assert {"jobs_available", "jobs_scheduled", "jobs_pkey", "events_pkey"} <= indexes(tree)
+
+
+def test_a_deferred_backlog_costs_a_claim_nothing(dsn: str) -> None:
+    """A million jobs waiting out a backoff: a claim of the ten due ones reads a handful of
+    pages, not the deferred rows (the claim index once held them, 1,578 pages a claim)."""
+    execute(
+        dsn,
+        "INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, state, run_at) "
+        "SELECT g, 'obs', 0, 'log', 'scheduled', now() + interval '1 hour' "
+        "FROM generate_series(1, 1000000) g",
+    )
+    execute(
+        dsn,
+        "INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, state, run_at) "
+        "SELECT g, 'obs', 0, 'log', s, now() - interval '1 second' "
+        "FROM generate_series(1, 5) g, unnest(ARRAY['scheduled', 'available']) s",
+    )
+    execute(dsn, "VACUUM ANALYZE pgobs.jobs")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(query("claimer_session_settings"))
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query("claim_jobs"), CLAIM)
+        row = cur.fetchone()
+        conn.rollback()
+    assert row is not None
+    tree = row[0][0]["Plan"]
+    claimed = tree["Actual Rows"]
+    assert claimed == 10, json.dumps(tree)[:3000]
+    scans = {
+        n["Index Name"]: n.get("Shared Hit Blocks", 0) + n.get("Shared Read Blocks", 0)
+        for n in nodes(tree)
+        if n.get("Index Name") in ("jobs_scheduled", "jobs_available")
+    }
+    # Finding the ten took a few pages each (the million deferred rows span thousands).
+    assert len(scans) == 2 and max(scans.values()) < 10, scans
 
 
 def test_fan_out_reads_events_by_txid_id_index(filled: str) -> None:
@@ -69,19 +111,8 @@ def test_fan_out_reads_events_by_txid_id_index(filled: str) -> None:
 
 
 def test_outcome_writes_find_jobs_by_key(filled: str) -> None:
-    ids = list(range(1, 600))
-    params = {
-        "completed": ids,
-        "retry_ids": ids,
-        "retry_delays": [0.1] * len(ids),
-        "retry_errors": ["e"] * len(ids),
-        "worker": "w",
-        "dead_ids": ids,
-        "dead_errors": ["e"] * len(ids),
-        "dead_kinds": ["transient"] * len(ids),
-        "drop_ids": ids,
-        "drop_errors": ["e"] * len(ids),
-        "drop_kinds": ["transient"] * len(ids),
-    }
-    tree = plan(filled, "write_outcomes", params)
+    batch = Batch(starts=dict.fromkeys(range(1, 600), 1))
+    for i, kind in zip(range(600, 3000), itertools.cycle(("completed", "retry", "dead", "drop"))):
+        batch.outcomes[i] = Outcome(i, 1, kind, "e", "transient", 0.1)
+    tree = plan(filled, "write_outcomes", batch.params("w"))
     assert "jobs" not in seq_scans(tree) and "events" not in seq_scans(tree)

@@ -174,3 +174,34 @@ observers:
     late = scalar(db, "SELECT count(*) FROM starts WHERE pid = %s", (second.pid,))
     assert late >= 10, late
     assert scalar(db, "SELECT count(*) FROM starts") == 200  # and nothing ran twice
+
+
+def test_jobs_a_killed_worker_never_started_spend_no_attempt(db: str, tmp_path: Path) -> None:
+    """SIGKILL while jobs wait claimed in memory: with max_attempts 1, only the jobs that were
+    running can have spent their attempt; the prefetched ones run elsewhere (they once went
+    straight to the DLQ, 23 in one kill)."""
+    config = """
+observers:
+  - name: obs-fast
+    entity: Order
+    actions: [{type: python, handler: "handlers:record"}]
+    retry: {max_attempts: 1}
+"""
+    first = start_worker(db, tmp_path, config, "--concurrency", "4", "--lease-seconds", "2")
+    second = None
+    try:
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 800)")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM handled") >= 80, timeout=30)
+        first.kill()
+        second = start_worker(
+            db, tmp_path, config, "--concurrency", "4", "--lease-seconds", "2", name="second"
+        )
+        wait_until(lambda: drained(db, 800), timeout=50)
+    finally:
+        if second:
+            second.stop()
+        first.stop()
+    dead = scalar(db, "SELECT count(*) FROM pgobs.dlq")
+    assert dead <= 4, fetch(db, "SELECT last_error FROM pgobs.dlq LIMIT 5")
+    handled = scalar(db, "SELECT count(DISTINCT event_id) FROM handled")
+    assert handled + dead >= 800
