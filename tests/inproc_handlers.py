@@ -23,7 +23,7 @@ async def by_mode(event: Event) -> None:
     """Succeeds, fails (transient), fails for good, or waits, as the event's data says."""
     mode = (event.data or {}).get("mode")
     RUNS.append((event.id, "ran"))
-    await anyio.sleep(0)
+    await anyio.sleep(0.05)
     if mode == "fail":
         raise RuntimeError(f"event {event.id} fails")
     if mode == "permanent":

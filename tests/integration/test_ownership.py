@@ -120,30 +120,40 @@ observers:
 """
 
 
+class Fault:
+    """At the ``nth`` pass through ``point``: stop the worker, and break the write if told."""
+
+    def __init__(self, point: str, *, nth: int, breaks: bool) -> None:
+        self.point, self.nth, self.breaks = point, nth, breaks
+        self.hits = Counter[str]()
+        self.worker: WorkerPool | None = None
+
+    async def __call__(self, at: str) -> None:
+        self.hits[at] += 1
+        if at == self.point and self.hits[at] == self.nth and self.worker is not None:
+            self.worker.stop()
+            if self.breaks:
+                raise psycopg.OperationalError(f"injected at {at}")
+
+
 async def test_every_outcome_is_written_once_through_faults_and_shutdowns(dsn: str) -> None:
     """Stop the worker, or break its connection, at every await point of the outcome path, in
     the middle of succeeding, failing and permanently failing jobs; then let a clean worker
     finish. Every job's runs, attempts and error history agree, and nothing ran twice."""
-    modes = ["ok", "fail", "permanent"] * 8
+    modes = ["ok", "fail", "permanent"] * 32
     await add_jobs(dsn, "obs", f"{HANDLER}:by_mode", modes)
     points = itertools.cycle(["write", "written", "extend"])
+    fired = 0
     for round_no in range(12):
-        point, nth, breaks = next(points), 1 + round_no % 3, round_no % 2 == 0
-        hits = Counter[str]()
-        box: dict[str, WorkerPool] = {}
-
-        async def fault(at: str, point: str = point, nth: int = nth, breaks: bool = breaks) -> None:
-            hits[at] += 1
-            if at == point and hits[at] == nth:
-                box["pool"].stop()
-                if breaks:
-                    raise psycopg.OperationalError(f"injected at {at}")
-
-        async with pool(dsn, BY_MODE, lease_s=0.6, faults=fault) as worker:
-            box["pool"] = worker
+        fault = Fault(next(points), nth=1 + round_no % 3, breaks=round_no % 2 == 0)
+        async with pool(dsn, BY_MODE, concurrency=2, lease_s=0.6, faults=fault) as worker:
+            fault.worker = worker
             with anyio.move_on_after(3):
-                while hits[point] < nth:
+                while fault.hits[fault.point] < fault.nth:
                     await anyio.sleep(0.01)
+        fired += fault.hits[fault.point] >= fault.nth
+    left = await value(dsn, "SELECT count(*) FROM pgobs.jobs")
+    assert fired >= 9 and left > 0, (fired, left)  # the faults struck while work was in flight
     async with pool(dsn, BY_MODE):
         await until(lambda: value(dsn, "SELECT count(*) = 0 FROM pgobs.jobs"))
 
