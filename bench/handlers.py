@@ -33,6 +33,16 @@ async def noop(event: Event) -> None:
         _report({"first": _first, "last": time.time(), "calls": _calls})
 
 
+def noop_sync(event: Event) -> None:
+    """The same as ``noop``, written as a plain ``def`` (what most handlers are)."""
+    global _calls, _first
+    _calls += 1
+    if _calls == 1:
+        _first = time.time()
+    if _calls == _TARGET:
+        _report({"first": _first, "last": time.time(), "calls": _calls})
+
+
 async def latency(event: Event) -> None:
     """INSERT-to-handler-start latency: the writer puts its send time in the row."""
     global _calls

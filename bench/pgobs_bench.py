@@ -155,12 +155,15 @@ NOOP_CONFIG = """
 observers:
   - name: obs-noop
     entity: Bench
-    actions: [{type: python, handler: "handlers:noop"}]
+    actions: [{{type: python, name: noop, handler: "handlers:{handler}"}}]
 """
 
 
-def bench_burndown(admin_dsn: str, jobs: int = 30_000, concurrency: int = 32) -> dict[str, float]:
-    """``jobs`` already queued, drained by one ``pgobs worker --role worker``."""
+def bench_burndown(
+    admin_dsn: str, jobs: int = 30_000, concurrency: int = 32, handler: str = "noop"
+) -> dict[str, float]:
+    """``jobs`` already queued, drained by one ``pgobs worker --role worker``; ``handler`` is
+    ``noop`` (``async def``) or ``noop_sync`` (plain ``def``)."""
     with fresh_db(admin_dsn, "pgobs_bench_burndown") as dsn, tempfile.TemporaryDirectory() as tmp:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -170,15 +173,15 @@ def bench_burndown(admin_dsn: str, jobs: int = 30_000, concurrency: int = 32) ->
                 (jobs,),
             )
             conn.execute(
-                "INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type) "
-                "SELECT id, 'obs-noop', 0, 'python' FROM pgobs.events"
+                "INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type) "
+                "SELECT id, 'obs-noop', 'noop', 0, 'python' FROM pgobs.events"
             )
             conn.execute("VACUUM ANALYZE pgobs.events")
             conn.execute("VACUUM ANALYZE pgobs.jobs")
             out = Path(tmp) / "report.json"
             env = {"PGOBS_BENCH_N": str(jobs), "PGOBS_BENCH_OUT": str(out)}
             args = [["--role", "worker", "--concurrency", str(concurrency)]]
-            with workers(dsn, NOOP_CONFIG, args, env):
+            with workers(dsn, NOOP_CONFIG.format(handler=handler), args, env):
                 report = wait_report(out, 300)
                 deadline = time.monotonic() + 30
                 while conn.execute("SELECT EXISTS (SELECT 1 FROM pgobs.jobs)").fetchone() != (
