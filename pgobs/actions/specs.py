@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any, Literal
 
+from pgobs.config.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.config.fields import Fields, expand_env
 from pgobs.templates import BodyTemplate, Template, compile_error
 
@@ -33,6 +34,7 @@ class WebhookSpec:
     body: BodyTemplate | None
     signing_secret: str | None
     timeout_ms: int
+    egress: EgressPolicy = DEFAULT_EGRESS  # the file's egress: key, set by the loader
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,6 +44,7 @@ class SlackSpec:
     channel: str | None
     username: str | None
     timeout_ms: int
+    egress: EgressPolicy = DEFAULT_EGRESS  # the file's egress: key, set by the loader
 
 
 EmailSecurity = Literal["none", "starttls", "tls"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path as FsPath
 from typing import Any
 
-from pgobs.actions.specs import ActionSpec, parse_action
+from pgobs.actions.specs import ActionSpec, SlackSpec, WebhookSpec, action_type, parse_action
 from pgobs.conditions import ConditionSyntaxError, compile_condition
+from pgobs.config.egress import EgressPolicy, is_private, literal_address, parse_egress
 from pgobs.config.fields import Fields
 from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
 from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
@@ -55,6 +57,7 @@ def parse_config(
     observers: list[Observer] = []
     if raw is not None or not issues.errors:
         top = Fields(raw, (), issues, "the config file", strict_env=strict_env)
+        egress = parse_egress(top)
         items = top.get("observers")
         if not isinstance(items, list) or not items:
             issues.error(
@@ -66,7 +69,9 @@ def parse_config(
         top.finish()
         seen: dict[str, int] = {}
         for index, item in enumerate(items):
-            obs = _observer(item, ("observers", index), issues, base_dir or FsPath("."), strict_env)
+            obs = _observer(
+                item, ("observers", index), issues, base_dir or FsPath("."), strict_env, egress
+            )
             if obs is None:
                 continue
             if obs.name in seen:
@@ -83,7 +88,12 @@ def parse_config(
 
 
 def _observer(
-    raw: Any, path: tuple[str | int, ...], issues: Issues, base_dir: FsPath, strict_env: bool
+    raw: Any,
+    path: tuple[str | int, ...],
+    issues: Issues,
+    base_dir: FsPath,
+    strict_env: bool,
+    egress: EgressPolicy,
 ) -> Observer | None:
     f = Fields(raw, path, issues, "an observer", strict_env=strict_env)
     if not f.ok:
@@ -121,6 +131,9 @@ def _observer(
         af = Fields(raw_action, (*f.at("actions"), i), issues, "an action", strict_env=strict_env)
         if af.ok:
             spec = parse_action(af, base_dir)
+            if isinstance(spec, WebhookSpec | SlackSpec):
+                spec = dataclasses.replace(spec, egress=egress)
+                _check_target(af, spec)
             if spec is not None:
                 actions.append(spec)
     retry = _retry(f)
@@ -139,6 +152,29 @@ def _observer(
         priority=priority,
         line=issues.line_of(path),
     )
+
+
+def _check_target(f: Fields, spec: WebhookSpec | SlackSpec) -> None:
+    """Warn about a URL naming an address inside the network, or one egress refuses."""
+    url = spec.url if isinstance(spec, WebhookSpec) else spec.webhook_url
+    address = literal_address(url)
+    if address is None:
+        return
+    key = next((k for k in ("url", "webhook_url", "url_env", "webhook_url_env") if f.has(k)), "")
+    kind = action_type(spec)
+    refusal = spec.egress.refusal(address)
+    if refusal:
+        f.issues.warning(
+            f.at(key),
+            f"{kind} url targets {address}, which the egress policy refuses: {refusal}",
+            f"every delivery will fail; if intended, add {address} to egress.allow",
+        )
+    elif is_private(address):
+        f.issues.warning(
+            f.at(key),
+            f"{kind} url targets the private address {address}: deliveries go inside the network",
+            "if that is not intended, fix the URL or list the range in egress.deny",
+        )
 
 
 def _event_types(f: Fields) -> frozenset[str] | None:
