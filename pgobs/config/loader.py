@@ -201,6 +201,9 @@ def _retry(f: Fields) -> RetryPolicy:
             "backoff_strategy", default="exponential", choices=("exponential", "linear", "fixed")
         ),
         jitter=r.boolean("jitter", default=True),
+        max_retry_after_ms=r.integer(
+            "max_retry_after_ms", default=default.max_retry_after_ms, maximum=MAX_DELAY_MS
+        ),
     )
     if policy.max_delay_ms < policy.initial_delay_ms:
         f.issues.error(
