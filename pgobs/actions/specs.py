@@ -145,7 +145,11 @@ def _secret_or_env(f: Fields, key: str, *, required: bool, hint: str) -> str | N
 def _webhook(f: Fields, timeout_ms: int) -> WebhookSpec:
     url = _secret_or_env(f, "url", required=True, hint="url: https://... or url_env: HOOK_URL")
     if url and not url.startswith(("http://", "https://")):
-        f.issues.error(f.at("url"), f"webhook url must start with http:// or https://, got {url!r}")
+        # Name only the scheme: the rest of a URL may be a credential (userinfo, a key).
+        scheme = url.partition("://")[0] + "://" if "://" in url else "no scheme"
+        f.issues.error(
+            f.at("url"), f"webhook url must start with http:// or https://, not {scheme}"
+        )
     method = f.string("method", default="POST", choices=("POST", "PUT", "PATCH", "GET", "DELETE"))
     headers = {
         name: expand_env(value, (*f.at("headers"), name), f.issues, strict_env=f.strict_env)

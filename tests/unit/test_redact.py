@@ -52,3 +52,17 @@ def test_a_prefix_never_ends_in_half_a_secret() -> None:
     assert hidden.scrub_prefix("token: supersec", 100) == "token: ***"
     assert hidden.scrub_prefix("x" * 10 + "supersecret-42", 14) == "x" * 10 + "***"
     assert hidden.scrub_prefix("nothing here", 7) == "nothing"
+
+
+def test_a_config_error_about_a_url_does_not_print_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgobs.config.loader import parse_config
+
+    monkeypatch.setenv("PGOBS_TEST_HOOK", "ftp://ops:hunter2-pw@files.example.com/in?key=k-9f")
+    text = (
+        "observers:\n"
+        "  - {name: a, entity: O, actions: [{type: webhook, url_env: PGOBS_TEST_HOOK}]}\n"
+    )
+    _, issues = parse_config(text, "observers.yaml")
+    (issue,) = [str(i) for i in issues]
+    assert "must start with http:// or https://, not ftp://" in issue
+    assert "hunter2" not in issue and "k-9f" not in issue and "ops" not in issue
