@@ -6,6 +6,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from pgobs.actions.failures import ActionFailed, ErrorKind
+from pgobs.actions.redact import Secrets
 from pgobs.actions.specs import EmailSpec
 
 
@@ -27,6 +28,9 @@ async def send_email(spec: EmailSpec, context: dict[str, Any], msg_id: str) -> N
     message["Subject"] = spec.subject.render(context)
     message["Message-ID"] = f"<{msg_id}@pgobs>"
     message.set_content(spec.body.render(context))
+    # A server's reply is quoted in the error; one that echoes the login must not store it.
+    # Raised "from None" so no chained exception carries more than the message says.
+    hidden = Secrets([spec.username, spec.password])
     try:
         await aiosmtplib.send(
             message,
@@ -41,9 +45,12 @@ async def send_email(spec: EmailSpec, context: dict[str, Any], msg_id: str) -> N
     except aiosmtplib.SMTPResponseException as exc:
         kind: ErrorKind = "permanent" if 500 <= exc.code < 600 else "transient"
         raise ActionFailed(
-            f"SMTP {spec.host}:{spec.port} answered {exc.code}: {exc.message}", kind
-        ) from exc
+            hidden.scrub(f"SMTP {spec.host}:{spec.port} answered {exc.code}: {exc.message}"),
+            kind,
+        ) from None
     except aiosmtplib.SMTPRecipientsRefused as exc:
-        raise ActionFailed(f"SMTP refused the recipients: {exc.recipients}", "permanent") from exc
+        raise ActionFailed(
+            hidden.scrub(f"SMTP refused the recipients: {exc.recipients}"), "permanent"
+        ) from None
     except (aiosmtplib.SMTPException, OSError) as exc:
-        raise ActionFailed(f"SMTP {spec.host}:{spec.port} failed: {exc}") from exc
+        raise ActionFailed(hidden.scrub(f"SMTP {spec.host}:{spec.port} failed: {exc}")) from None

@@ -24,4 +24,6 @@ async def send_slack(client: httpx.AsyncClient, spec: SlackSpec, context: dict[s
         orjson.dumps(message),
         {"content-type": "application/json"},
         spec.timeout_ms / 1000,
+        egress=spec.egress,
+        credential_url=True,  # an incoming webhook's URL is its credential
     )

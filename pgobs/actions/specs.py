@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any, Literal
 
+from pgobs.config.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.config.fields import Fields, expand_env
 from pgobs.templates import BodyTemplate, Template, compile_error
 
@@ -33,6 +34,7 @@ class WebhookSpec:
     body: BodyTemplate | None
     signing_secret: str | None
     timeout_ms: int
+    egress: EgressPolicy = DEFAULT_EGRESS  # the file's egress: key, set by the loader
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -42,6 +44,7 @@ class SlackSpec:
     channel: str | None
     username: str | None
     timeout_ms: int
+    egress: EgressPolicy = DEFAULT_EGRESS  # the file's egress: key, set by the loader
 
 
 EmailSecurity = Literal["none", "starttls", "tls"]
@@ -153,7 +156,11 @@ def _secret_or_env(f: Fields, key: str, *, required: bool, hint: str) -> str | N
 def _webhook(f: Fields, timeout_ms: int) -> WebhookSpec:
     url = _secret_or_env(f, "url", required=True, hint="url: https://... or url_env: HOOK_URL")
     if url and not url.startswith(("http://", "https://")):
-        f.issues.error(f.at("url"), f"webhook url must start with http:// or https://, got {url!r}")
+        # Name only the scheme: the rest of a URL may be a credential (userinfo, a key).
+        scheme = url.partition("://")[0] + "://" if "://" in url else "no scheme"
+        f.issues.error(
+            f.at("url"), f"webhook url must start with http:// or https://, not {scheme}"
+        )
     method = f.string("method", default="POST", choices=("POST", "PUT", "PATCH", "GET", "DELETE"))
     headers = {
         name: expand_env(value, (*f.at("headers"), name), f.issues, strict_env=f.strict_env)

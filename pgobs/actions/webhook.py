@@ -39,4 +39,13 @@ async def send_webhook(
     }
     if spec.signing_secret:
         headers["webhook-signature"] = sign(spec.signing_secret, msg_id, timestamp, body)
-    await deliver(client, spec.method, spec.url, body, headers, spec.timeout_ms / 1000)
+    await deliver(
+        client,
+        spec.method,
+        spec.url,
+        body,
+        headers,
+        spec.timeout_ms / 1000,
+        egress=spec.egress,
+        secrets=[*spec.headers.values(), spec.signing_secret],
+    )

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
+from collections import Counter
 from pathlib import Path as FsPath
 from typing import Any
 
-from pgobs.actions.specs import ActionSpec, derived_name, parse_action
+from pgobs.actions.specs import (
+    ActionSpec,
+    SlackSpec,
+    WebhookSpec,
+    action_type,
+    derived_name,
+    parse_action,
+)
 from pgobs.conditions import ConditionSyntaxError, compile_condition
+from pgobs.config.egress import EgressPolicy, is_private, literal_address, parse_egress
 from pgobs.config.fields import Fields
 from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
 from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
@@ -55,6 +67,7 @@ def parse_config(
     observers: list[Observer] = []
     if raw is not None or not issues.errors:
         top = Fields(raw, (), issues, "the config file", strict_env=strict_env)
+        egress = parse_egress(top)
         items = top.get("observers")
         if not isinstance(items, list) or not items:
             issues.error(
@@ -66,7 +79,9 @@ def parse_config(
         top.finish()
         seen: dict[str, int] = {}
         for index, item in enumerate(items):
-            obs = _observer(item, ("observers", index), issues, base_dir or FsPath("."), strict_env)
+            obs = _observer(
+                item, ("observers", index), issues, base_dir or FsPath("."), strict_env, egress
+            )
             if obs is None:
                 continue
             if obs.name in seen:
@@ -83,7 +98,12 @@ def parse_config(
 
 
 def _observer(
-    raw: Any, path: tuple[str | int, ...], issues: Issues, base_dir: FsPath, strict_env: bool
+    raw: Any,
+    path: tuple[str | int, ...],
+    issues: Issues,
+    base_dir: FsPath,
+    strict_env: bool,
+    egress: EgressPolicy,
 ) -> Observer | None:
     f = Fields(raw, path, issues, "an observer", strict_env=strict_env)
     if not f.ok:
@@ -109,7 +129,7 @@ def _observer(
                 "e.g. status == 'paid' && total > 100",
             )
     actions: list[ActionSpec] = []
-    names: list[tuple[int, str, bool]] = []  # (position, name, given explicitly)
+    names: list[tuple[int, str | None, str, Any]] = []  # (position, name:, derived, raw)
     raw_actions = f.get("actions")
     if not isinstance(raw_actions, list) or not raw_actions:
         issues.error(
@@ -123,10 +143,13 @@ def _observer(
         if af.ok:
             action_name = _action_name(af)
             spec = parse_action(af, base_dir)
+            if isinstance(spec, WebhookSpec | SlackSpec):
+                spec = dataclasses.replace(spec, egress=egress)
+                _check_target(af, spec)
             if spec is not None:
                 actions.append(spec)
-                names.append((i, action_name or derived_name(spec), action_name is not None))
-    _check_action_names(f, names)
+                names.append((i, action_name, derived_name(spec), raw_action))
+    named = _name_actions(f, names)
     retry = _retry(f)
     on_failure = f.string("on_failure", default="dlq", choices=("dlq", "log"))
     priority = f.integer("priority", default=0, minimum=-32768, maximum=32767)
@@ -143,7 +166,7 @@ def _observer(
         condition_source=condition_source,
         condition=condition,
         actions=tuple(actions),
-        action_names=tuple(name for _, name, _ in names),
+        action_names=named,
         retry=retry,
         on_failure=on_failure,  # type: ignore[arg-type]  # choices= narrows it
         priority=priority,
@@ -164,19 +187,57 @@ def _action_name(af: Fields) -> str | None:
     return name
 
 
-def _check_action_names(f: Fields, names: list[tuple[int, str, bool]]) -> None:
-    """Jobs find their action by name, so two actions of one observer may not share one: a
-    derived name (the type) would otherwise send one action's retries to the other."""
+def _name_actions(f: Fields, names: list[tuple[int, str | None, str, Any]]) -> tuple[str, ...]:
+    """Each action's identity, which jobs find it by: its ``name:``, else what it calls (a
+    handler, a SQL function) or its type. Unnamed actions that would share one are told apart
+    by a hash of their settings, never by position, so reordering the YAML cannot send one
+    action's jobs to another."""
+    base_count = Counter(derived for _, given, derived, _ in names if given is None)
+    chosen: list[str] = []
     seen: set[str] = set()
-    for position, name, explicit in names:
+    for position, given, derived, raw in names:
+        name = given or derived
+        if given is None and base_count[derived] > 1:
+            settings = json.dumps(raw, sort_keys=True, default=str).encode()
+            name = f"{derived}~{hashlib.sha256(settings).hexdigest()[:8]}"
+            f.issues.warning(
+                (*f.at("actions"), position, "type"),
+                f"this observer has several unnamed {derived} actions: this one is known as "
+                f"{name!r}, a hash of its settings, which changes when they are edited",
+                "give each a name: to keep its queued jobs and dead letters across edits",
+            )
         if name in seen:
             f.issues.error(
-                (*f.at("actions"), position, "name" if explicit else "type"),
-                f"two actions of this observer are both named {name!r}"
-                + ("" if explicit else " (without name:, an action is named by its type)"),
+                (*f.at("actions"), position, "name" if given else "type"),
+                f"two actions of this observer are both named {name!r}",
                 "give each a unique name:, e.g. name: notify-crm",
             )
         seen.add(name)
+        chosen.append(name)
+    return tuple(chosen)
+
+
+def _check_target(f: Fields, spec: WebhookSpec | SlackSpec) -> None:
+    """Warn about a URL naming an address inside the network, or one egress refuses."""
+    url = spec.url if isinstance(spec, WebhookSpec) else spec.webhook_url
+    address = literal_address(url)
+    if address is None:
+        return
+    key = next((k for k in ("url", "webhook_url", "url_env", "webhook_url_env") if f.has(k)), "")
+    kind = action_type(spec)
+    refusal = spec.egress.refusal(address)
+    if refusal:
+        f.issues.warning(
+            f.at(key),
+            f"{kind} url targets {address}, which the egress policy refuses: {refusal}",
+            f"every delivery will fail; if intended, add {address} to egress.allow",
+        )
+    elif is_private(address):
+        f.issues.warning(
+            f.at(key),
+            f"{kind} url targets the private address {address}: deliveries go inside the network",
+            "if that is not intended, fix the URL or list the range in egress.deny",
+        )
 
 
 def _event_types(f: Fields) -> frozenset[str] | None:
@@ -203,6 +264,9 @@ def _retry(f: Fields) -> RetryPolicy:
             "backoff_strategy", default="exponential", choices=("exponential", "linear", "fixed")
         ),
         jitter=r.boolean("jitter", default=True),
+        max_retry_after_ms=r.integer(
+            "max_retry_after_ms", default=default.max_retry_after_ms, maximum=MAX_DELAY_MS
+        ),
     )
     if policy.max_delay_ms < policy.initial_delay_ms:
         f.issues.error(

@@ -32,6 +32,9 @@ class RetryPolicy:
     max_delay_ms: int = 30_000
     backoff_strategy: BackoffStrategy = "exponential"
     jitter: bool = True
+    # A server's Retry-After is honoured beyond max_delay_ms (it knows when it will be ready),
+    # up to this cap so a hostile or broken header cannot park a job for days.
+    max_retry_after_ms: int = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,3 +151,39 @@ def test_every_error_is_reported_not_just_the_first() -> None:
     config, issues = parse_config(text, "observers.yaml")
     assert config is None
     assert len([i for i in issues if i.severity == "error"]) == 3
+
+
+def test_actions_are_named_by_what_they_are_never_by_position() -> None:
+    def names(actions: str) -> dict[str, str]:
+        config, issues = parse_config(
+            f"observers:\n  - name: o\n    entity: E\n    actions:\n{actions}"
+        )
+        assert config is not None, issues
+        obs = config.observers[0]
+        return {n: type(s).__name__ for n, s in zip(obs.action_names, obs.actions, strict=True)}
+
+    a = '      - {type: webhook, url: "http://127.0.0.1/a"}\n'
+    b = '      - {type: webhook, url: "http://127.0.0.1/b"}\n'
+    log = "      - {type: log}\n"
+    handler = '      - {type: python, handler: "tests.handlers:record"}\n'
+    assert list(names(log + handler)) == ["log", "tests.handlers:record"]
+    named = '      - {type: webhook, name: refund, url: "http://127.0.0.1/r"}\n'
+    assert list(names(named + log)) == ["refund", "log"]
+    # Two unnamed webhooks: each keeps its own identity when the YAML order is swapped.
+    first, second = names(a + b), names(b + a)
+    assert set(first) == set(second) and len(first) == 2
+    assert all(n.startswith("webhook~") for n in first)
+    assert list(first) == list(reversed(list(second)))
+
+
+def test_two_actions_with_one_name_are_refused() -> None:
+    text = """observers:
+  - name: o
+    entity: E
+    actions:
+      - {type: log, name: same}
+      - {type: webhook, name: same, url: "http://127.0.0.1/x"}
+"""
+    config, issues = parse_config(text, "observers.yaml")
+    assert config is None
+    assert "two actions of this observer are both named 'same'" in str(issues[-1])

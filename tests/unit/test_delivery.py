@@ -33,11 +33,14 @@ def test_jitter_stays_within_half_and_full_delay() -> None:
     assert len(set(delays)) > 100
 
 
-def test_retry_after_wins_when_longer_but_is_capped() -> None:
-    policy = RetryPolicy(initial_delay_ms=100, max_delay_ms=5000, jitter=False)
+def test_retry_after_wins_when_longer_up_to_its_own_cap() -> None:
+    policy = RetryPolicy(initial_delay_ms=100, max_delay_ms=30_000, jitter=False)
     assert retry_delay_s(policy, 1, retry_after_s=3) == 3
-    assert retry_delay_s(policy, 1, retry_after_s=3600) == 5
+    assert retry_delay_s(policy, 1, retry_after_s=120) == 120  # not max_delay_ms' 30 s
+    assert retry_delay_s(policy, 1, retry_after_s=7200) == 3600  # the default cap: an hour
     assert retry_delay_s(policy, 1, retry_after_s=0) == 0.1
+    short = RetryPolicy(max_retry_after_ms=60_000, jitter=False)
+    assert retry_delay_s(short, 1, retry_after_s=120) == 60
 
 
 def test_retry_after_header_forms() -> None:
@@ -72,3 +75,23 @@ def test_missing_fields_render_empty_and_failures_are_reported() -> None:
 def test_the_sandbox_refuses_python_internals() -> None:
     with pytest.raises(TemplateFailed, match="unsafe"):
         Template("{{ data.__class__.__mro__[1].__subclasses__() }}").render({"data": {}})
+
+
+def test_the_retry_after_cap_is_read_from_the_retry_block() -> None:
+    from pgobs.config.loader import parse_config
+
+    text = (
+        "observers:\n"
+        "  - name: a\n"
+        "    entity: Order\n"
+        "    actions: [{type: log}]\n"
+        "    retry: {max_retry_after_ms: %s}\n"
+    )
+    config, _ = parse_config(text % "600000")
+    assert config is not None and config.observers[0].retry.max_retry_after_ms == 600_000
+    config, issues = parse_config(text % "-1", "observers.yaml")
+    assert config is None
+    assert str(issues[0]) == (
+        "observers.yaml:5: error: 'max_retry_after_ms' must be between 0 and 86400000, got -1 "
+        "(observers[0].retry.max_retry_after_ms)"
+    )
