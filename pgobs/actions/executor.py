@@ -136,8 +136,14 @@ class ActionExecutor:
         except TemplateFailed as exc:
             failure = Failure(str(exc), "permanent")
         except Exception as exc:
-            log.exception("%s action of %s raised", kind, call.observer)
-            failure = Failure(f"{kind} action raised {type(exc).__name__}: {exc}", "transient")
+            if isinstance(spec, WebhookSpec | SlackSpec | EmailSpec):
+                # Their own failures are ActionFailed with secrets redacted; an unexpected
+                # exception's text may quote a URL or a credential, so only its type is kept.
+                log.error("%s action of %s raised %s", kind, call.observer, type(exc).__name__)
+                failure = Failure(f"{kind} action raised {type(exc).__name__}", "transient")
+            else:
+                log.exception("%s action of %s raised", kind, call.observer)
+                failure = Failure(f"{kind} action raised {type(exc).__name__}: {exc}", "transient")
         duration, executed = self._metrics(kind)
         duration.observe(time.perf_counter() - started)
         executed.inc()
