@@ -149,7 +149,9 @@ WITH claimed AS (
 SELECT c.id, c.observer, coalesce(c.action, '#' || c.action_index) AS action, c.action_index,
        c.attempts, c.max_attempts, c.claims, c.payload,
        c.event_id, e.entity_type, e.entity_id, e.event_type, e.data, e.old_data,
-       e.changed_fields, e.tenant, e.actor, e.created_at
+       e.changed_fields, e.tenant, e.actor, e.created_at,
+       coalesce(pg_column_size(e.data), 0) + coalesce(pg_column_size(e.old_data), 0)
+           + coalesce(pg_column_size(c.payload), 0) AS size
 FROM claimed c
 LEFT JOIN LATERAL (
     SELECT * FROM pgobs.events AS ev WHERE ev.id = c.event_id LIMIT 1

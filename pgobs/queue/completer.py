@@ -58,6 +58,7 @@ class Completer:
         self.jobs_bell = jobs_bell
         self.held: dict[int, Held] = {}
         self.capacity = Doorbell()  # rung when jobs leave: the producer may claim more
+        self.held_bytes = 0  # event data of the held jobs, as stored
         self.finished = 0
         self.completed = 0
         self._faults = faults
@@ -76,6 +77,7 @@ class Completer:
         fresh = [job for job in jobs if job.id not in self.held]
         for job in fresh:
             self.held[job.id] = Held(job)
+            self.held_bytes += job.size
         return fresh
 
     def start(self, job: Job, stop: Callable[[], None]) -> bool:
@@ -275,7 +277,9 @@ class Completer:
             stop()
 
     def _drop(self, job_id: int) -> None:
-        self.held.pop(job_id, None)
+        held = self.held.pop(job_id, None)
+        if held is not None:
+            self.held_bytes -= held.job.size
         self._pending.starts.pop(job_id, None)
         self._pending.outcomes.pop(job_id, None)
         self.capacity.ring()

@@ -36,6 +36,7 @@ class Job:
     attempt: int  # the attempt this run is, once started
     max_attempts: int
     event: Event | None  # None: the event is gone (purged) and no payload was kept
+    size: int = 0  # bytes of its event's data as stored (compressed): what holding it costs
 
     @property
     def idempotency_key(self) -> str:
@@ -227,6 +228,7 @@ def _claimed_job(
     tenant: str | None,
     actor: str | None,
     created_at: datetime | None,
+    size: int,
 ) -> Job:
     """One row of claim_jobs: the job, with its event's row or else its payload's copy."""
     event: Event | None = None
@@ -245,4 +247,6 @@ def _claimed_job(
         )
     elif isinstance(payload, dict) and "entity_type" in payload:
         event = Event.from_json(event_id, payload)
-    return Job(id, event_id, observer, action, action_index, attempts + 1, max_attempts, event)
+    return Job(
+        id, event_id, observer, action, action_index, attempts + 1, max_attempts, event, size
+    )

@@ -2,8 +2,11 @@
 
 Claimed-but-unstarted jobs are kept to about ``PREFETCH_S`` of work at the observed completion
 rate: enough for fast jobs, next to nothing for slow ones (which then stay claimable by idle
-workers elsewhere). Only jobs whose action this worker knows are claimed, and none of an
-observer that already fills its share of the runners.
+workers elsewhere). What a worker holds is bounded in bytes too (``max_held_bytes`` of event
+data, judged by the jobs claimed so far), so huge rows cannot take its memory.
+
+Only jobs whose action this worker knows are claimed, and none of an observer that already
+fills its share of the runners.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ log = logging.getLogger("pgobs.queue")
 
 PREFETCH_S = 0.02
 CLAIM_AFTER_S = 0.005  # claim again once this much work has freed room
+FIRST_CLAIM = 8
 
 
 class Producer:
@@ -37,6 +41,7 @@ class Producer:
         concurrency: int,
         prefetch_cap: int,
         poll_interval_s: float,
+        max_held_bytes: int,
     ) -> None:
         self.store = store
         self.completer = completer
@@ -45,6 +50,8 @@ class Producer:
         self.concurrency = concurrency
         self.prefetch_cap = prefetch_cap
         self.poll_interval_s = poll_interval_s
+        self.max_held_bytes = max_held_bytes
+        self._job_bytes = 0.0  # bytes per claimed job, smoothed
         self._rate = 0.0  # completions per second, smoothed
         self._window_start = 0.0
         self._window_finished = 0
@@ -69,6 +76,9 @@ class Producer:
                 # Hand the claimed jobs on before anything else can fail: they are leased to us.
                 for job in self.completer.claimed(jobs):
                     send.send_nowait(job)
+                if jobs:
+                    size = max(1.0, sum(job.size for job in jobs) / len(jobs))
+                    self._job_bytes = size if not self._job_bytes else (self._job_bytes + size) / 2
                 if len(jobs) < room:
                     until = self.completer.next_retry_in(anyio.current_time(), self.poll_interval_s)
                     await _wait_or_stop(self.jobs_bell, until, stopping)
@@ -78,6 +88,13 @@ class Producer:
         """How many jobs to claim now (0: not yet worth a round trip)."""
         target = self.concurrency + min(self.prefetch_cap, int(self._rate * PREFETCH_S))
         room = target - len(self.completer.held)
+        if not self._job_bytes:
+            room = min(room, FIRST_CLAIM)  # row sizes unknown yet: start small
+        else:
+            budget = self.max_held_bytes - self.completer.held_bytes
+            room = min(room, max(0, int(budget / self._job_bytes)))
+            if room == 0 and not self.completer.held:
+                room = 1  # one job always fits, however big
         threshold = max(1, min(target // 4, int(self._rate * CLAIM_AFTER_S)))
         return room if room >= threshold else 0
 

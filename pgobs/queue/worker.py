@@ -40,6 +40,7 @@ class WorkerSettings:
     poll_interval_s: float = 1.0
     grace_s: float = 10.0
     max_prefetch: int = 0  # 0: chosen from concurrency
+    max_held_bytes: int = 64 * 1024 * 1024  # event data held in memory, claimed or running
 
     @property
     def prefetch_cap(self) -> int:
@@ -131,6 +132,7 @@ class WorkerPool:
                 concurrency=s.concurrency,
                 prefetch_cap=s.prefetch_cap,
                 poll_interval_s=s.poll_interval_s,
+                max_held_bytes=s.max_held_bytes,
             )
             self._runners, self._completer = runners, completer
             if self._stopping.is_set():

@@ -205,3 +205,39 @@ observers:
     assert dead <= 4, fetch(db, "SELECT last_error FROM pgobs.dlq LIMIT 5")
     handled = scalar(db, "SELECT count(DISTINCT event_id) FROM handled")
     assert handled + dead >= 800
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_huge_rows_do_not_take_the_workers_memory(db: str, tmp_path: Path) -> None:
+    """60 events of 8 MB each, incompressible: the worker holds a bounded number of bytes, not
+    a bounded number of rows (32 claimed rows once meant half a gigabyte and more)."""
+    execute(
+        db,
+        "WITH big AS (SELECT string_agg(md5(i::text), '') AS s FROM generate_series(1, 250000) i) "
+        "INSERT INTO pgobs.events (entity_type, entity_id, event_type, data) "
+        "SELECT 'Order', g::text, 'INSERT', jsonb_build_object('blob', g || big.s) "
+        "FROM big, generate_series(1, 60) g",
+    )
+    execute(
+        db,
+        "INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type) "
+        "SELECT id, 'obs-big', 'handlers:noop', 0, 'python' FROM pgobs.events",
+    )
+    config = """
+observers:
+  - name: obs-big
+    entity: Order
+    actions: [{type: python, handler: "handlers:noop"}]
+"""
+    worker = start_worker(db, tmp_path, config, "--role", "worker", "--concurrency", "32")
+    try:
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs") == 0, timeout=50)
+        peak = peak_rss_mb(worker.pid)
+    finally:
+        worker.stop()
+    assert peak < 450, f"peak RSS {peak:.0f} MB"
