@@ -4,14 +4,18 @@ The syntax tree becomes the source of a single function with the common cases in
 lookup, a type check, one comparison) and small helpers for the rest. Only ``repr()`` of parsed
 constants and names from fixed tables reach that source, never raw condition text.
 
-Values are compared as JSON values: numbers are ``int`` and ``float`` (never ``bool``) and compare
-with each other; strings compare with strings; ``null`` equals only ``null``; lists and objects
-compare item by item. Ordering values of different kinds is false, and a missing field is null.
+Values are compared as JSON values: numbers (``int``, ``Decimal``, ``float``, never ``bool``)
+compare with each other as exact decimals, so ``total > 100.10`` is false for 100.1 and true for
+100.100000000000000001, and ``250.00 == 250``; a float counts as the decimal it prints as (0.1,
+not 0.1000000000000000055…). Strings compare with strings; ``null`` equals only ``null``; lists
+and objects compare item by item. Ordering values of different kinds is false, NaN is unordered,
+and a missing field is null.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, assert_never, final
 
 from pgobs.conditions.parser import (
@@ -41,7 +45,7 @@ __all__ = ["Condition", "compile_condition"]
 Step = tuple[str, int | None]
 
 _EMPTY: dict[str, Any] = {}
-_NUMBER = (int, float)
+_NUMBER = (int, float, Decimal)
 _MAX_INDEX_DIGITS = 18  # longer digit runs cannot index any list that fits in memory
 _MAX_INLINE_STEPS = 3  # deeper paths call _get, which keeps the generated source shallow
 
@@ -87,6 +91,7 @@ def compile_condition(source: str) -> Condition:
     lines += [f"        return {body}", "    except Exception:", "        return False"]
     namespace = dict(_NAMESPACE)
     # S102: the generated source holds only repr() of parsed constants and names from fixed tables.
+    namespace.update(emitter.constants)
     exec(compile("\n".join(lines), "<condition>", "exec"), namespace)  # noqa: S102
     return Condition(source, _fields(tree), namespace["_condition"])
 
@@ -122,10 +127,21 @@ class _Emitter:
         self._temps = 0
         self.reads_data = False
         self.reads_old = False
+        # Values the source names rather than spells: a Decimal or a set holding one would be
+        # rebuilt on every evaluation if written out.
+        self.constants: dict[str, object] = {}
 
     def _temp(self) -> str:
         self._temps += 1
         return f"_v{self._temps}"
+
+    def _constant(self, value: object) -> str:
+        """Source naming ``value``: its repr when that is a constant Python folds, else a name."""
+        if not isinstance(value, Decimal | frozenset):
+            return repr(value)
+        name = f"_c{len(self.constants) + 1}"
+        self.constants[name] = value
+        return name
 
     def test(self, node: Node) -> str:
         """Source of an expression that evaluates ``node`` to a bool."""
@@ -162,7 +178,9 @@ class _Emitter:
     def value(self, node: Node) -> str:
         """Source of an expression that evaluates ``node`` to its JSON value."""
         if isinstance(node, Literal):
-            return repr(node.value)
+            if isinstance(node.value, tuple):
+                return "(" + "".join(f"{self._constant(item)}, " for item in node.value) + ")"
+            return self._constant(node.value)
         if not isinstance(node, Path):
             return self.test(node)
         if node.root is Root.EVENT:
@@ -224,23 +242,31 @@ class _Emitter:
             return f"({value} is {constant!r})"
         if isinstance(constant, str):
             return f"({value} == {constant!r})"
-        t = self._temp()  # a number: equal, and not a bool (true == 1 in Python, not here)
-        return f"(({t} := {value}) == {constant!r} and {_is_number(t, t)})"
+        # A number. int and Decimal compare exactly with it; anything else (a float, a bool,
+        # which is never equal to a number here, a non-number) takes the helper.
+        t, c = self._temp(), self._constant(constant)
+        return f"({t} == {c} if {_exact_number(f'({t} := {value})', t)} else _eq({t}, {c}))"
 
     def _order_literal(self, op: CompareOp, value: str, constant: Value) -> str:
-        if isinstance(constant, bool) or not isinstance(constant, int | float | str):
+        if isinstance(constant, bool) or not isinstance(constant, int | Decimal | str):
             return "False"
         t = self._temp()
         if isinstance(constant, str):
             kind = _is_string(f"({t} := {value})", t)
-        else:
-            kind = _is_number(f"({t} := {value})", t)
-        return f"({kind} and {t} {op.value} {constant!r})"
+            return f"({kind} and {t} {op.value} {constant!r})"
+        c = self._constant(constant)
+        slow = {
+            CompareOp.LT: f"_lt({t}, {c})",
+            CompareOp.LE: f"_le({t}, {c})",
+            CompareOp.GT: f"_lt({c}, {t})",
+            CompareOp.GE: f"_le({c}, {t})",
+        }[op]
+        return f"({t} {op.value} {c} if {_exact_number(f'({t} := {value})', t)} else {slow})"
 
     def _in_literal(self, value: str, items: tuple[Scalar, ...]) -> str:
         """Membership in a constant list, tested per kind so that 1 never matches true."""
         strings = tuple(item for item in items if isinstance(item, str))
-        numbers = tuple(i for i in items if isinstance(i, int | float) and not isinstance(i, bool))
+        numbers = tuple(i for i in items if _is_num(i))
         singletons = [(c,) for c in (True, False, None) if any(item is c for item in items)]
         groups = [group for group in (strings, numbers) if group] + singletons
         if not groups:
@@ -248,27 +274,27 @@ class _Emitter:
         t = self._temp()
         # The first clause binds the temporary; the later ones reuse it.
         tests = [
-            _member_test(f"({t} := {value})" if i == 0 else t, t, group)
+            self._member_test(f"({t} := {value})" if i == 0 else t, t, group)
             for i, group in enumerate(groups)
         ]
         return "(" + " or ".join(tests) + ")"
 
+    def _member_test(self, first: str, t: str, group: tuple[Scalar, ...]) -> str:
+        """Source testing membership in ``group``: all strings, all numbers, or one singleton."""
+        if isinstance(group[0], str):
+            return f"({_is_string(first, t)} and {t} in {_set(group)})"
+        if _is_num(group[0]):
+            # Equal numbers hash alike across int and Decimal, so a set finds 250 for 250.00.
+            members = self._constant(frozenset(group))
+            exact = _exact_number(first, t)
+            return f"({t} in {members} if {exact} else _in_numbers({t}, {members}))"
+        return f"{first} is {group[0]!r}"
 
-def _member_test(first: str, t: str, group: tuple[Scalar, ...]) -> str:
-    """Source testing membership in ``group``: all strings, all numbers, or one singleton."""
-    if isinstance(group[0], str):
-        return f"({_is_string(first, t)} and {t} in {_set(group)})"
-    if _is_num(group[0]):
-        return f"({_is_number(first, t)} and {t} in {_set(group)})"
-    return f"{first} is {group[0]!r}"
 
-
-def _is_number(first: str, t: str) -> str:
-    """Source testing for int or float but not bool; ``first`` is evaluated before ``t``."""
-    return (
-        f"({first}.__class__ is int or {t}.__class__ is float"
-        f" or ({t}.__class__ is not bool and isinstance({t}, _NUMBER)))"
-    )
+def _exact_number(first: str, t: str) -> str:
+    """Source testing for the number types that compare exactly with constants: int (not bool)
+    and Decimal. ``first`` is evaluated before ``t``."""
+    return f"({first}.__class__ is int or {t}.__class__ is Decimal)"
 
 
 def _is_string(first: str, t: str) -> str:
@@ -354,6 +380,42 @@ def _is_num(value: object) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
+def _as_decimal(value: float) -> Decimal | float:
+    """A float as the decimal it prints as; NaN stays a float, unordered and equal to nothing."""
+    return Decimal(repr(value)) if value == value else value
+
+
+def _exact_pair(a: Any, b: Any) -> tuple[Any, Any]:
+    """Two numbers made comparable as decimals: a float meeting another kind of number is read
+    as the decimal it prints as. Floats among themselves compare as they are (same order)."""
+    if a.__class__ is not b.__class__:
+        if isinstance(a, float):
+            a = _as_decimal(a)
+        if isinstance(b, float):
+            b = _as_decimal(b)
+    return a, b
+
+
+def _num_eq(a: Any, b: Any) -> bool:
+    a, b = _exact_pair(a, b)
+    try:
+        return bool(a == b)
+    except ArithmeticError:  # a signalling NaN
+        return False
+
+
+def _in_numbers(value: object, members: frozenset[object]) -> bool:
+    """Membership in a constant set of numbers, for the values that are not int or Decimal."""
+    if not _is_num(value):
+        return False
+    if isinstance(value, float):
+        value = _as_decimal(value)
+    try:
+        return value in members
+    except (ArithmeticError, TypeError):  # a NaN Decimal cannot be hashed
+        return False
+
+
 def _eq(left: object, right: object) -> bool:
     """JSON equality: like ``==`` but true never equals 1 and '1' never equals 1.
 
@@ -366,7 +428,7 @@ def _eq(left: object, right: object) -> bool:
             if a is not b:
                 return False
         elif _is_num(a):
-            if not (_is_num(b) and a == b):
+            if not (_is_num(b) and _num_eq(a, b)):
                 return False
         elif isinstance(a, str):
             if not (isinstance(b, str) and a == b):
@@ -397,13 +459,25 @@ def _opaque_eq(a: object, b: object) -> bool:
 
 def _lt(a: object, b: object) -> bool:
     if _is_num(a):
-        return _is_num(b) and a < b  # type: ignore[operator]  # both are int or float here
+        if not _is_num(b):
+            return False
+        x, y = _exact_pair(a, b)
+        try:
+            return bool(x < y)
+        except ArithmeticError:  # NaN is unordered
+            return False
     return isinstance(a, str) and isinstance(b, str) and a < b
 
 
 def _le(a: object, b: object) -> bool:
     if _is_num(a):
-        return _is_num(b) and a <= b  # type: ignore[operator]  # both are int or float here
+        if not _is_num(b):
+            return False
+        x, y = _exact_pair(a, b)
+        try:
+            return bool(x <= y)
+        except ArithmeticError:  # NaN is unordered
+            return False
     return isinstance(a, str) and isinstance(b, str) and a <= b
 
 
@@ -432,6 +506,7 @@ def _changed(event: Event, steps: tuple[Step, ...]) -> bool:
 
 _NAMESPACE: dict[str, Any] = {
     "__builtins__": {},
+    "Decimal": Decimal,
     "Exception": Exception,
     "bool": bool,
     "dict": dict,
@@ -447,6 +522,7 @@ _NAMESPACE: dict[str, Any] = {
     "_get": _get,
     "_has": _has,
     "_in": _in,
+    "_in_numbers": _in_numbers,
     "_le": _le,
     "_lt": _lt,
     "_root": _root,
