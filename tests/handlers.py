@@ -60,3 +60,13 @@ async def short(event: Event) -> None:
             "INSERT INTO starts (event_id, pid) VALUES (%s, %s)", (event.id, os.getpid())
         )
         await asyncio.sleep(0.2)
+
+
+def record_total(event: Event) -> None:
+    """Records the Python type and text of ``data['total']`` as the handler received it."""
+    total = (event.data or {}).get("total")
+    with psycopg.connect(os.environ["PGOBS_DSN"]) as conn:
+        conn.execute(
+            "INSERT INTO handled (event_id, how) VALUES (%s, %s)",
+            (event.id, f"{type(total).__name__} {total}"),
+        )
