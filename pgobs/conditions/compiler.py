@@ -242,26 +242,44 @@ class _Emitter:
             return f"({value} is {constant!r})"
         if isinstance(constant, str):
             return f"({value} == {constant!r})"
-        # A number. int and Decimal compare exactly with it; anything else (a float, a bool,
-        # which is never equal to a number here, a non-number) takes the helper.
-        t, c = self._temp(), self._constant(constant)
-        return f"({t} == {c} if {_exact_number(f'({t} := {value})', t)} else _eq({t}, {c}))"
+        assert isinstance(constant, int | Decimal)  # the parser makes no other scalar
+        return self._number_compare("==", value, constant, "_eq({t}, {c})")
 
     def _order_literal(self, op: CompareOp, value: str, constant: Value) -> str:
         if isinstance(constant, bool) or not isinstance(constant, int | Decimal | str):
             return "False"
-        t = self._temp()
         if isinstance(constant, str):
+            t = self._temp()
             kind = _is_string(f"({t} := {value})", t)
             return f"({kind} and {t} {op.value} {constant!r})"
-        c = self._constant(constant)
         slow = {
-            CompareOp.LT: f"_lt({t}, {c})",
-            CompareOp.LE: f"_le({t}, {c})",
-            CompareOp.GT: f"_lt({c}, {t})",
-            CompareOp.GE: f"_le({c}, {t})",
+            CompareOp.LT: "_lt({t}, {c})",
+            CompareOp.LE: "_le({t}, {c})",
+            CompareOp.GT: "_lt({c}, {t})",
+            CompareOp.GE: "_le({c}, {t})",
         }[op]
-        return f"({t} {op.value} {c} if {_exact_number(f'({t} := {value})', t)} else {slow})"
+        return self._number_compare(op.value, value, constant, slow)
+
+    def _number_compare(self, op: str, value: str, constant: int | Decimal, slow: str) -> str:
+        """``value op constant`` for a number constant. int and Decimal values compare exactly
+        inline; anything else (a float, a bool, a non-number) takes ``slow``, a helper call
+        written with ``{t}`` for the value and ``{c}`` for the constant.
+
+        An int constant gets a Decimal twin: a Decimal compares with a Decimal faster than
+        with an int, which it would convert on every evaluation.
+        """
+        t, c = self._temp(), self._constant(constant)
+        fallback = slow.format(t=t, c=c)
+        if isinstance(constant, Decimal):
+            return (
+                f"({t} {op} {c} if ({t} := {value}).__class__ is Decimal or {t}.__class__ is int"
+                f" else {fallback})"
+            )
+        twin = self._constant(Decimal(constant))
+        return (
+            f"({t} {op} {c} if ({t} := {value}).__class__ is int"
+            f" else {t} {op} {twin} if {t}.__class__ is Decimal else {fallback})"
+        )
 
     def _in_literal(self, value: str, items: tuple[Scalar, ...]) -> str:
         """Membership in a constant list, tested per kind so that 1 never matches true."""
