@@ -2,7 +2,8 @@
 
 The syntax tree becomes the source of a single function with the common cases inlined (a dict
 lookup, a type check, one comparison) and small helpers for the rest. Only ``repr()`` of parsed
-constants and names from fixed tables reach that source, never raw condition text.
+constants, names bound to parsed constants and names from fixed tables reach that source, never
+raw condition text.
 
 Values are compared as JSON values: numbers (``int``, ``Decimal``, ``float``, never ``bool``)
 compare with each other as exact decimals, so ``total > 100.10`` is false for 100.1 and true for
@@ -90,7 +91,7 @@ def compile_condition(source: str) -> Condition:
         ]
     lines += [f"        return {body}", "    except Exception:", "        return False"]
     namespace = dict(_NAMESPACE)
-    # S102: the generated source holds only repr() of parsed constants and names from fixed tables.
+    # S102: the generated source holds only repr() of parsed constants and names (see above).
     namespace.update(emitter.constants)
     exec(compile("\n".join(lines), "<condition>", "exec"), namespace)  # noqa: S102
     return Condition(source, _fields(tree), namespace["_condition"])
@@ -127,8 +128,8 @@ class _Emitter:
         self._temps = 0
         self.reads_data = False
         self.reads_old = False
-        # Values the source names rather than spells: a Decimal or a set holding one would be
-        # rebuilt on every evaluation if written out.
+        # Values the source names rather than spells: a Decimal, or a tuple or set holding one,
+        # would be rebuilt on every evaluation if written out.
         self.constants: dict[str, object] = {}
 
     def _temp(self) -> str:
@@ -137,7 +138,7 @@ class _Emitter:
 
     def _constant(self, value: object) -> str:
         """Source naming ``value``: its repr when that is a constant Python folds, else a name."""
-        if not isinstance(value, Decimal | frozenset):
+        if not isinstance(value, Decimal | tuple | frozenset):
             return repr(value)
         name = f"_c{len(self.constants) + 1}"
         self.constants[name] = value
@@ -178,8 +179,6 @@ class _Emitter:
     def value(self, node: Node) -> str:
         """Source of an expression that evaluates ``node`` to its JSON value."""
         if isinstance(node, Literal):
-            if isinstance(node.value, tuple):
-                return "(" + "".join(f"{self._constant(item)}, " for item in node.value) + ")"
             return self._constant(node.value)
         if not isinstance(node, Path):
             return self.test(node)
@@ -430,7 +429,7 @@ def _in_numbers(value: object, members: frozenset[object]) -> bool:
         value = _as_decimal(value)
     try:
         return value in members
-    except (ArithmeticError, TypeError):  # a NaN Decimal cannot be hashed
+    except (ArithmeticError, TypeError):  # a signalling NaN cannot be hashed
         return False
 
 
