@@ -68,7 +68,7 @@ class Template:
         try:
             return self._compiled.render(context)
         except Exception as exc:
-            raise TemplateFailed(f"template {self.source!r} failed: {exc}") from exc
+            raise _failed(self.source, exc) from exc
 
 
 class _Expression:
@@ -85,7 +85,7 @@ class _Expression:
         try:
             return _json_value(self._compiled(context))
         except Exception as exc:
-            raise TemplateFailed(f"template {self.source!r} failed: {exc}") from exc
+            raise _failed(self.source, exc) from exc
 
 
 class BodyTemplate:
@@ -102,6 +102,16 @@ class BodyTemplate:
 
     def render(self, context: dict[str, Any]) -> Any:
         return _render_leaves(self._shape, context)
+
+
+def _failed(source: str, exc: Exception) -> TemplateFailed:
+    message = f"template {source!r} failed: {exc}"
+    if isinstance(exc, TypeError) and "'decimal.Decimal' and 'float'" in str(exc):
+        message += (
+            " (numbers from data are exact decimals: multiply by an integer ratio,"
+            " data.total * 11 / 10, or convert with | float)"
+        )
+    return TemplateFailed(message)
 
 
 def compile_error(source: str) -> str | None:

@@ -93,3 +93,9 @@ def test_a_value_without_a_json_form_fails_the_template() -> None:
         BodyTemplate({"v": "{{ data.keys }}"}).render(CONTEXT)
     with pytest.raises(TemplateFailed, match="key must be a string"):
         BodyTemplate({"v": "{{ {1: 2} }}"}).render(CONTEXT)
+
+
+def test_float_arithmetic_on_an_exact_number_says_how_to_write_it() -> None:
+    assert Template("{{ data.total * 11 / 10 }}").render(CONTEXT) == "275.00"
+    with pytest.raises(TemplateFailed, match=r"exact decimals: .*\| float"):
+        Template("{{ data.total * 1.1 }}").render(CONTEXT)
