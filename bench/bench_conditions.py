@@ -11,6 +11,7 @@ import argparse
 import os
 import random
 import time
+from decimal import Decimal
 
 from pgobs.conditions import Condition, compile_condition
 from pgobs.events import Event
@@ -34,7 +35,8 @@ def make_events(count: int, seed: int = 7) -> list[Event]:
         data = {
             "id": number,
             "status": rng.choice(STATUSES),
-            "total": rng.choice([rng.randint(0, 400), round(rng.uniform(0, 400), 2)]),
+            # numeric columns arrive as int or, with a fraction, as Decimal (pgobs.jsoncodec)
+            "total": rng.choice([rng.randint(0, 400), Decimal(f"{rng.uniform(0, 400):.2f}")]),
             "currency": "EUR",
             "customer": {"id": rng.randint(1, 5000), "tier": rng.choice(["gold", "silver", None])},
             "items": [{"sku": f"SKU-{rng.randint(1, 99)}", "qty": rng.randint(1, 4)}],

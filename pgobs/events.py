@@ -15,7 +15,9 @@ class Event:
     """A row of ``pgobs.events``.
 
     ``data`` is the new row (or the custom payload), ``old_data`` the row before an UPDATE or
-    DELETE. Both are plain JSON values decoded from jsonb.
+    DELETE. Both are plain JSON values decoded from jsonb with exact numbers: an integer is an
+    ``int`` of any size, any other number a ``decimal.Decimal`` with the digits Postgres wrote
+    (``Decimal('250.00')``), never a float, so money keeps its value (pgobs.jsoncodec).
     """
 
     id: int

@@ -64,3 +64,13 @@ async def short(event: Event) -> None:
 
 async def noop(event: Event) -> None:
     """Does nothing: what a worker costs is then its own."""
+
+
+def record_total(event: Event) -> None:
+    """Records the Python type and text of ``data['total']`` as the handler received it."""
+    total = (event.data or {}).get("total")
+    with psycopg.connect(os.environ["PGOBS_DSN"]) as conn:
+        conn.execute(
+            "INSERT INTO handled (event_id, how) VALUES (%s, %s)",
+            (event.id, f"{type(total).__name__} {total}"),
+        )

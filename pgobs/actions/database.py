@@ -9,6 +9,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from pgobs import jsoncodec
 from pgobs.actions.failures import ActionFailed, ErrorKind
 from pgobs.actions.specs import DatabaseSpec
 from pgobs.db.connect import Connection
@@ -24,7 +25,7 @@ async def call_function(
     statement = sql.SQL("SELECT {}(%s)").format(sql.Identifier(*spec.function))
     try:
         async with pool.connection() as conn:
-            await conn.execute(statement, (Jsonb(envelope),))
+            await conn.execute(statement, (Jsonb(envelope, dumps=jsoncodec.encode),))
     except psycopg.Error as exc:
         state = exc.sqlstate or ""
         transient = state[:2] in _TRANSIENT_CLASSES or not state

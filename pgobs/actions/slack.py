@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import orjson
 
+from pgobs import jsoncodec
 from pgobs.actions.http import deliver
 from pgobs.actions.specs import SlackSpec
 
@@ -21,7 +21,7 @@ async def send_slack(client: httpx.AsyncClient, spec: SlackSpec, context: dict[s
         client,
         "POST",
         spec.webhook_url,
-        orjson.dumps(message),
+        jsoncodec.encode(message),
         {"content-type": "application/json"},
         spec.timeout_ms / 1000,
         egress=spec.egress,

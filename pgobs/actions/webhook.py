@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 import httpx
-import orjson
 
+from pgobs import jsoncodec
 from pgobs.actions.http import deliver
 from pgobs.actions.specs import WebhookSpec
 
@@ -28,7 +28,7 @@ async def send_webhook(
     client: httpx.AsyncClient, spec: WebhookSpec, context: dict[str, Any], msg_id: str
 ) -> None:
     payload = spec.body.render(context) if spec.body else context["event"]
-    body = orjson.dumps(payload)
+    body = jsoncodec.encode(payload)  # numbers keep their exact digits
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any
 
 from cyclopts import App, Parameter
 
+from pgobs import jsoncodec
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.db.connect import Connection
 from pgobs.errors import PgobsError
@@ -20,7 +20,7 @@ Observer = Annotated[str | None, Parameter(help="Only this observer's dead lette
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+    print(jsoncodec.encode_indented(value))  # numbers in event data keep their digits
 
 
 @app.command(name="list")

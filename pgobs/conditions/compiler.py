@@ -2,16 +2,21 @@
 
 The syntax tree becomes the source of a single function with the common cases inlined (a dict
 lookup, a type check, one comparison) and small helpers for the rest. Only ``repr()`` of parsed
-constants and names from fixed tables reach that source, never raw condition text.
+constants, names bound to parsed constants and names from fixed tables reach that source, never
+raw condition text.
 
-Values are compared as JSON values: numbers are ``int`` and ``float`` (never ``bool``) and compare
-with each other; strings compare with strings; ``null`` equals only ``null``; lists and objects
-compare item by item. Ordering values of different kinds is false, and a missing field is null.
+Values are compared as JSON values: numbers (``int``, ``Decimal``, ``float``, never ``bool``)
+compare with each other as exact decimals, so ``total > 100.10`` is false for 100.1 and true for
+100.100000000000000001, and ``250.00 == 250``; a float counts as the decimal it prints as (0.1,
+not 0.1000000000000000055…). Strings compare with strings; ``null`` equals only ``null``; lists
+and objects compare item by item. Ordering values of different kinds is false, NaN is unordered,
+and a missing field is null.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, assert_never, final
 
 from pgobs.conditions.parser import (
@@ -41,7 +46,7 @@ __all__ = ["Condition", "compile_condition"]
 Step = tuple[str, int | None]
 
 _EMPTY: dict[str, Any] = {}
-_NUMBER = (int, float)
+_NUMBER = (int, float, Decimal)
 _MAX_INDEX_DIGITS = 18  # longer digit runs cannot index any list that fits in memory
 _MAX_INLINE_STEPS = 3  # deeper paths call _get, which keeps the generated source shallow
 
@@ -86,7 +91,8 @@ def compile_condition(source: str) -> Condition:
         ]
     lines += [f"        return {body}", "    except Exception:", "        return False"]
     namespace = dict(_NAMESPACE)
-    # S102: the generated source holds only repr() of parsed constants and names from fixed tables.
+    # S102: the generated source holds only repr() of parsed constants and names (see above).
+    namespace.update(emitter.constants)
     exec(compile("\n".join(lines), "<condition>", "exec"), namespace)  # noqa: S102
     return Condition(source, _fields(tree), namespace["_condition"])
 
@@ -122,10 +128,21 @@ class _Emitter:
         self._temps = 0
         self.reads_data = False
         self.reads_old = False
+        # Values the source names rather than spells: a Decimal, or a tuple or set holding one,
+        # would be rebuilt on every evaluation if written out.
+        self.constants: dict[str, object] = {}
 
     def _temp(self) -> str:
         self._temps += 1
         return f"_v{self._temps}"
+
+    def _constant(self, value: object) -> str:
+        """Source naming ``value``: its repr when that is a constant Python folds, else a name."""
+        if not isinstance(value, Decimal | tuple | frozenset):
+            return repr(value)
+        name = f"_c{len(self.constants) + 1}"
+        self.constants[name] = value
+        return name
 
     def test(self, node: Node) -> str:
         """Source of an expression that evaluates ``node`` to a bool."""
@@ -162,7 +179,7 @@ class _Emitter:
     def value(self, node: Node) -> str:
         """Source of an expression that evaluates ``node`` to its JSON value."""
         if isinstance(node, Literal):
-            return repr(node.value)
+            return self._constant(node.value)
         if not isinstance(node, Path):
             return self.test(node)
         if node.root is Root.EVENT:
@@ -224,23 +241,49 @@ class _Emitter:
             return f"({value} is {constant!r})"
         if isinstance(constant, str):
             return f"({value} == {constant!r})"
-        t = self._temp()  # a number: equal, and not a bool (true == 1 in Python, not here)
-        return f"(({t} := {value}) == {constant!r} and {_is_number(t, t)})"
+        assert isinstance(constant, int | Decimal)  # the parser makes no other scalar
+        return self._number_compare("==", value, constant, "_eq({t}, {c})")
 
     def _order_literal(self, op: CompareOp, value: str, constant: Value) -> str:
-        if isinstance(constant, bool) or not isinstance(constant, int | float | str):
+        if isinstance(constant, bool) or not isinstance(constant, int | Decimal | str):
             return "False"
-        t = self._temp()
         if isinstance(constant, str):
+            t = self._temp()
             kind = _is_string(f"({t} := {value})", t)
-        else:
-            kind = _is_number(f"({t} := {value})", t)
-        return f"({kind} and {t} {op.value} {constant!r})"
+            return f"({kind} and {t} {op.value} {constant!r})"
+        slow = {
+            CompareOp.LT: "_lt({t}, {c})",
+            CompareOp.LE: "_le({t}, {c})",
+            CompareOp.GT: "_lt({c}, {t})",
+            CompareOp.GE: "_le({c}, {t})",
+        }[op]
+        return self._number_compare(op.value, value, constant, slow)
+
+    def _number_compare(self, op: str, value: str, constant: int | Decimal, slow: str) -> str:
+        """``value op constant`` for a number constant. int and Decimal values compare exactly
+        inline; anything else (a float, a bool, a non-number) takes ``slow``, a helper call
+        written with ``{t}`` for the value and ``{c}`` for the constant.
+
+        An int constant gets a Decimal twin: a Decimal compares with a Decimal faster than
+        with an int, which it would convert on every evaluation.
+        """
+        t, c = self._temp(), self._constant(constant)
+        fallback = slow.format(t=t, c=c)
+        if isinstance(constant, Decimal):
+            return (
+                f"({t} {op} {c} if ({t} := {value}).__class__ is Decimal or {t}.__class__ is int"
+                f" else {fallback})"
+            )
+        twin = self._constant(Decimal(constant))
+        return (
+            f"({t} {op} {c} if ({t} := {value}).__class__ is int"
+            f" else {t} {op} {twin} if {t}.__class__ is Decimal else {fallback})"
+        )
 
     def _in_literal(self, value: str, items: tuple[Scalar, ...]) -> str:
         """Membership in a constant list, tested per kind so that 1 never matches true."""
         strings = tuple(item for item in items if isinstance(item, str))
-        numbers = tuple(i for i in items if isinstance(i, int | float) and not isinstance(i, bool))
+        numbers = tuple(i for i in items if _is_num(i))
         singletons = [(c,) for c in (True, False, None) if any(item is c for item in items)]
         groups = [group for group in (strings, numbers) if group] + singletons
         if not groups:
@@ -248,27 +291,27 @@ class _Emitter:
         t = self._temp()
         # The first clause binds the temporary; the later ones reuse it.
         tests = [
-            _member_test(f"({t} := {value})" if i == 0 else t, t, group)
+            self._member_test(f"({t} := {value})" if i == 0 else t, t, group)
             for i, group in enumerate(groups)
         ]
         return "(" + " or ".join(tests) + ")"
 
+    def _member_test(self, first: str, t: str, group: tuple[Scalar, ...]) -> str:
+        """Source testing membership in ``group``: all strings, all numbers, or one singleton."""
+        if isinstance(group[0], str):
+            return f"({_is_string(first, t)} and {t} in {_set(group)})"
+        if _is_num(group[0]):
+            # Equal numbers hash alike across int and Decimal, so a set finds 250 for 250.00.
+            members = self._constant(frozenset(group))
+            exact = _exact_number(first, t)
+            return f"({t} in {members} if {exact} else _in_numbers({t}, {members}))"
+        return f"{first} is {group[0]!r}"
 
-def _member_test(first: str, t: str, group: tuple[Scalar, ...]) -> str:
-    """Source testing membership in ``group``: all strings, all numbers, or one singleton."""
-    if isinstance(group[0], str):
-        return f"({_is_string(first, t)} and {t} in {_set(group)})"
-    if _is_num(group[0]):
-        return f"({_is_number(first, t)} and {t} in {_set(group)})"
-    return f"{first} is {group[0]!r}"
 
-
-def _is_number(first: str, t: str) -> str:
-    """Source testing for int or float but not bool; ``first`` is evaluated before ``t``."""
-    return (
-        f"({first}.__class__ is int or {t}.__class__ is float"
-        f" or ({t}.__class__ is not bool and isinstance({t}, _NUMBER)))"
-    )
+def _exact_number(first: str, t: str) -> str:
+    """Source testing for the number types that compare exactly with constants: int (not bool)
+    and Decimal. ``first`` is evaluated before ``t``."""
+    return f"({first}.__class__ is int or {t}.__class__ is Decimal)"
 
 
 def _is_string(first: str, t: str) -> str:
@@ -354,6 +397,42 @@ def _is_num(value: object) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
 
+def _as_decimal(value: float) -> Decimal | float:
+    """A float as the decimal it prints as; NaN stays a float, unordered and equal to nothing."""
+    return Decimal(repr(value)) if value == value else value
+
+
+def _exact_pair(a: Any, b: Any) -> tuple[Any, Any]:
+    """Two numbers made comparable as decimals: a float meeting another kind of number is read
+    as the decimal it prints as. Floats among themselves compare as they are (same order)."""
+    if a.__class__ is not b.__class__:
+        if isinstance(a, float):
+            a = _as_decimal(a)
+        if isinstance(b, float):
+            b = _as_decimal(b)
+    return a, b
+
+
+def _num_eq(a: Any, b: Any) -> bool:
+    a, b = _exact_pair(a, b)
+    try:
+        return bool(a == b)
+    except ArithmeticError:  # a signalling NaN
+        return False
+
+
+def _in_numbers(value: object, members: frozenset[object]) -> bool:
+    """Membership in a constant set of numbers, for the values that are not int or Decimal."""
+    if not _is_num(value):
+        return False
+    if isinstance(value, float):
+        value = _as_decimal(value)
+    try:
+        return value in members
+    except (ArithmeticError, TypeError):  # a signalling NaN cannot be hashed
+        return False
+
+
 def _eq(left: object, right: object) -> bool:
     """JSON equality: like ``==`` but true never equals 1 and '1' never equals 1.
 
@@ -366,7 +445,7 @@ def _eq(left: object, right: object) -> bool:
             if a is not b:
                 return False
         elif _is_num(a):
-            if not (_is_num(b) and a == b):
+            if not (_is_num(b) and _num_eq(a, b)):
                 return False
         elif isinstance(a, str):
             if not (isinstance(b, str) and a == b):
@@ -397,13 +476,25 @@ def _opaque_eq(a: object, b: object) -> bool:
 
 def _lt(a: object, b: object) -> bool:
     if _is_num(a):
-        return _is_num(b) and a < b  # type: ignore[operator]  # both are int or float here
+        if not _is_num(b):
+            return False
+        x, y = _exact_pair(a, b)
+        try:
+            return bool(x < y)
+        except ArithmeticError:  # NaN is unordered
+            return False
     return isinstance(a, str) and isinstance(b, str) and a < b
 
 
 def _le(a: object, b: object) -> bool:
     if _is_num(a):
-        return _is_num(b) and a <= b  # type: ignore[operator]  # both are int or float here
+        if not _is_num(b):
+            return False
+        x, y = _exact_pair(a, b)
+        try:
+            return bool(x <= y)
+        except ArithmeticError:  # NaN is unordered
+            return False
     return isinstance(a, str) and isinstance(b, str) and a <= b
 
 
@@ -432,6 +523,7 @@ def _changed(event: Event, steps: tuple[Step, ...]) -> bool:
 
 _NAMESPACE: dict[str, Any] = {
     "__builtins__": {},
+    "Decimal": Decimal,
     "Exception": Exception,
     "bool": bool,
     "dict": dict,
@@ -447,6 +539,7 @@ _NAMESPACE: dict[str, Any] = {
     "_get": _get,
     "_has": _has,
     "_in": _in,
+    "_in_numbers": _in_numbers,
     "_le": _le,
     "_lt": _lt,
     "_root": _root,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from pgobs.errors import PgobsError
 
@@ -60,7 +61,7 @@ class Token:
     kind: TokenKind
     text: str
     position: int
-    value: str | int | float | None = None
+    value: str | int | Decimal | None = None
 
 
 _KEYWORDS = {
@@ -102,6 +103,8 @@ _LONE_OPERATOR_HINTS = {
 # A field path: a name, then ".name" or ".<digits>" segments (digits index into lists).
 _PATH = re.compile(r"[^\W\d]\w*(?:\.(?:[^\W\d]\w*|[0-9]+(?!\w)))*")
 _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# Postgres numeric holds up to 131,072 digits before the point; no JSON number it writes is larger.
+_MAX_EXPONENT = 131_072
 
 _ESCAPES = {
     "\\": "\\",
@@ -175,10 +178,13 @@ def _read_number(source: str, position: int) -> Token:
     follower = source[match.end() : match.end() + 1]
     if follower == "." or follower.isalnum() or follower == "_":
         raise ConditionSyntaxError(f"malformed number starting {text!r}", position)
-    value: int | float
+    value: int | Decimal
     if "." in text or "e" in text or "E" in text:
-        value = float(text)
-        if value in (float("inf"), float("-inf")):
+        try:
+            value = Decimal(text)  # exact: 100.10 must not become the float 100.099999...
+        except ArithmeticError:  # an exponent beyond what Decimal can hold
+            value = Decimal("Infinity")
+        if not value.is_finite() or abs(value.adjusted()) > _MAX_EXPONENT:
             raise ConditionSyntaxError(f"number {text} is out of range", position)
     else:
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from pgobs.conditions.lexer import ConditionSyntaxError, Token, TokenKind, tokenize
 
@@ -41,7 +42,8 @@ __all__ = [
     "parse",
 ]
 
-Scalar = str | int | float | bool | None
+# Numbers are exact: an integer literal is an int, any other a Decimal (100.10 keeps its digits).
+Scalar = str | int | Decimal | bool | None
 Value = Scalar | tuple[Scalar, ...]
 
 # Envelope fields a condition may read as ``event.<name>`` (attributes of pgobs.events.Event).

@@ -383,7 +383,7 @@ observers:
     finally:
         worker.stop()
     assert slack.json() == {"text": "Order 1 is paid", "channel": "#orders"}
-    assert custom.json() == {"order": "1", "source": "pgobs", "nested": ["INSERT"]}
+    assert custom.json() == {"order": 1, "source": "pgobs", "nested": ["INSERT"]}
     assert [r[0] for r in fetch(db, "SELECT key FROM pgobs.cache")] == ["order:2"]
     assert "order 1 seen" in worker.output()
     assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 0  # on_failure: log drops it...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -258,6 +259,35 @@ DATA_CASES: list[tuple[str, Any, bool]] = [
     ("s == ''", {"s": ""}, True),
     ("n == -0", {"n": 0}, True),
     ("n == 123456789012345678901234567890", {"n": 123456789012345678901234567890}, True),
+    # numbers compare as exact decimals (jsonb numbers arrive as int or Decimal)
+    ("total > 100.10", {"total": Decimal("100.1")}, False),
+    ("total > 100.10", {"total": Decimal("100.100000000000000001")}, True),
+    ("total >= 100.10", {"total": Decimal("100.1")}, True),
+    ("total < 100.10", {"total": Decimal("100.099999999999999999")}, True),
+    ("total == 250", {"total": Decimal("250.00")}, True),
+    ("total == 250.0", {"total": 250}, True),
+    ("total != 250", {"total": Decimal("250.00")}, False),
+    ("total == 12345678901234567.89", {"total": Decimal("12345678901234567.89")}, True),
+    ("total == 12345678901234567.89", {"total": Decimal("12345678901234567.88")}, False),
+    ("total > 12345678901234567.88", {"total": Decimal("12345678901234567.89")}, True),
+    ("total in [250, 99.5]", {"total": Decimal("250.00")}, True),
+    ("total in [250, 99.5]", {"total": Decimal("99.50")}, True),
+    ("total in [250, 99.5]", {"total": Decimal("99.51")}, False),
+    ("total not in [250]", {"total": Decimal("250.000")}, False),
+    ("field_changed_to('total', 250)", {"total": Decimal("250.00")}, False),
+    ("total == 1e3", {"total": 1000}, True),
+    ("total > 1e-30", {"total": Decimal("0.0000000000000000000000000000011")}, True),
+    ("a == b", {"a": Decimal("1.10"), "b": 1.1}, True),
+    ("a < b", {"a": Decimal("0.1"), "b": 0.1}, False),
+    # a float (a Python-built event) counts as the decimal it prints as
+    ("total == 0.1", {"total": 0.1}, True),
+    ("total > 100.10", {"total": 100.1}, False),
+    ("total in [0.1]", {"total": 0.1}, True),
+    ("total == 1152921504606846976", {"total": 2.0**60}, False),
+    ("total > 100", {"total": math.nan}, False),
+    ("total == 100.5", {"total": Decimal("NaN")}, False),
+    ("x == 0.5", {"x": Decimal("Infinity")}, False),
+    ("x > 0.5", {"x": Decimal("Infinity")}, True),
 ]
 
 
@@ -386,7 +416,8 @@ ERROR_CASES: list[tuple[str, str, int]] = [
     ("a. == 1", "expected a field name or list index after '.'", 1),
     ("a.b. == 1", "after '.'", 3),
     ("items.0x == 1", "after '.'", 5),
-    ("x == 1e999", "number 1e999 is out of range", 5),
+    ("x == 1e200000", "number 1e200000 is out of range", 5),
+    ("x == 1e99999999999999999999", "number 1e99999999999999999999 is out of range", 5),
     ("x == 12abc", "malformed number starting '12'", 5),
     ("x == 1.2.3", "malformed number starting '1.2'", 5),
     ("x == 1.", "malformed number", 5),
@@ -455,7 +486,7 @@ def test_long_conditions_compile() -> None:
 def kind(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -468,11 +499,19 @@ def kind(value: Any) -> str:
     return "other"
 
 
+def ref_decimal(value: int | float | Decimal) -> Decimal:
+    """A number as the decimal it is (int, Decimal) or prints as (float)."""
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
 def ref_eq(a: Any, b: Any) -> bool:
     if kind(a) != kind(b):
         return False
     if kind(a) == "bool":
         return a is b
+    if kind(a) == "number":
+        x, y = ref_decimal(a), ref_decimal(b)
+        return not (x.is_nan() or y.is_nan()) and x == y
     if kind(a) == "list":
         return len(a) == len(b) and all(ref_eq(x, y) for x, y in zip(a, b, strict=True))
     if kind(a) == "object":
@@ -483,6 +522,10 @@ def ref_eq(a: Any, b: Any) -> bool:
 def ref_order(op: CompareOp, a: Any, b: Any) -> bool:
     if kind(a) != kind(b) or kind(a) not in ("number", "string"):
         return False
+    if kind(a) == "number":
+        a, b = ref_decimal(a), ref_decimal(b)
+        if a.is_nan() or b.is_nan():
+            return False
     match op:
         case CompareOp.LT:
             return bool(a < b)
@@ -579,15 +622,19 @@ def ref_test(node: Node, subject: Event) -> bool:
 NAMES = ["a", "b", "status", "total", "items"]
 SEGMENTS = [*NAMES, "0", "1"]
 # Literals and data draw mostly from one small pool, so that comparisons often meet equal values.
-POOL: list[Any] = [0, 1, -1, 1.0, 2.5, True, False, None, "", "a", "paid", "it's"]
-pool = st.sampled_from(POOL)
+POOL: list[Any] = [0, 1, -1, Decimal("1.0"), Decimal("2.5"), True, False, None, "", "a", "paid"]
+pool = st.sampled_from([*POOL, "it's"])
+# Data also holds floats (events built in Python) that print as the pool's decimals.
+data_pool = st.sampled_from([*POOL, 1.0, 2.5, "it's"])
+finite_decimals = st.decimals(allow_nan=False, allow_infinity=False)
 
 literal_scalars = st.one_of(
     pool,
     pool,
     pool,
     st.integers(),
-    st.floats(allow_nan=False, allow_infinity=False),
+    finite_decimals,
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: Decimal(repr(f))),
     st.text(max_size=4),
 )
 literal_values = st.one_of(literal_scalars, st.lists(literal_scalars, max_size=4).map(tuple))
@@ -652,7 +699,7 @@ def render_scalar(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return render_string(value)
-    return repr(value)
+    return str(value)  # an int, or a Decimal in a form the lexer reads back exactly
 
 
 def render_value(value: Any) -> str:
@@ -705,13 +752,15 @@ def nesting(node: Node) -> int:
 
 KEYS = [*NAMES, "0", "1"]
 json_scalars = st.one_of(
-    pool,
-    pool,
+    data_pool,
+    data_pool,
     st.none(),
     st.booleans(),
     st.integers(),
     st.integers(min_value=10**300, max_value=10**400),
     st.floats(),
+    # jsonb cannot hold NaN; a Decimal NaN (only from Python code) may make a whole condition false
+    st.decimals(allow_nan=False),
     st.text(max_size=3),
 )
 json_values = st.recursive(
@@ -721,9 +770,9 @@ json_values = st.recursive(
     ),
     max_leaves=6,
 )
-field_values = st.one_of(pool, pool, json_values)
+field_values = st.one_of(data_pool, data_pool, json_values)
 rows = st.fixed_dictionaries(dict.fromkeys(NAMES, field_values), optional={"0": json_values})
-envelope_text = st.one_of(st.none(), st.sampled_from(POOL), st.text(max_size=3))
+envelope_text = st.one_of(st.none(), data_pool, st.text(max_size=3))
 events = st.builds(
     Event,
     id=st.one_of(st.sampled_from([0, 1, -1]), st.integers()),
@@ -761,12 +810,16 @@ def test_compiled_code_agrees_with_the_reference(
 
 
 DATA_VALUES: list[Any] = [
-    *[0, 1, -1, 1.0, 2.5, -0.0, 10**30, math.nan, math.inf, True, False, None],
-    *["", "a", "b", "1", [1], [True], [], {"a": 1}, {"a": True}],
+    *[0, 1, -1, 1.0, 2.5, 0.1, -0.0, 10**30, 2.0**60, math.nan, math.inf, True, False, None],
+    *[Decimal("1.00"), Decimal("2.5"), Decimal("0.1"), Decimal("-0"), Decimal("1E+30")],
+    *[Decimal("Infinity"), Decimal("-Infinity"), Decimal("100.100000000000000001")],
+    *["", "a", "b", "1", [1], [True], [Decimal("2.50")], [], {"a": 1}, {"a": True}],
 ]
 LITERAL_VALUES: list[Any] = [
-    *[0, 1, -1, 1.0, 2.5, 10**30, True, False, None, "", "a", "b", "1"],
-    *[(), (False,), (True, 1), (0, "a", None), (1.0, 2.5), ("a", "b"), (1,)],
+    *[0, 1, -1, Decimal("1.0"), Decimal("2.5"), Decimal("0.1"), 10**30, 2**60],
+    *[Decimal("100.10"), Decimal("1E+30"), True, False, None, "", "a", "b", "1"],
+    *[(), (False,), (True, 1), (0, "a", None), (Decimal("1.0"), Decimal("2.5")), ("a", "b")],
+    *[(1,), (Decimal("0.1"), 2**60)],
 ]
 
 
