@@ -190,7 +190,11 @@ def test_sigterm_stops_the_listener_and_frees_leadership(dsn: str, tmp_path: Pat
         wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.listeners WHERE is_leader"))
         assert worker.terminate() == 0
         assert scalar(dsn, "SELECT state FROM pgobs.listeners") == "stopped"
-        assert scalar(dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        held = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        assert scalar(dsn, held) == 0
     finally:
         worker.stop()
 
