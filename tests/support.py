@@ -72,6 +72,7 @@ class Receiver:
     statuses: dict[str, list[int]] = field(default_factory=dict)
     default_status: int = 200
     delay_s: float = 0.0
+    hold_until_in_flight: int = 0  # answer nothing until this many were in flight at once
     extra_headers: dict[str, str] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -124,6 +125,10 @@ def start_receiver() -> tuple[Receiver, Callable[[], None]]:
             with receiver._cond:
                 receiver.in_flight += 1
                 receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+                receiver._cond.notify_all()
+                receiver._cond.wait_for(
+                    lambda: receiver.max_in_flight >= receiver.hold_until_in_flight, timeout=10
+                )
             if receiver.delay_s:
                 time.sleep(receiver.delay_s)
             status = receiver.record(req)
