@@ -56,13 +56,12 @@ class HandlerSource:
 def find_handler(module: str, function: str, extra_path: Sequence[str]) -> HandlerSource:
     """Locate ``module:function`` by reading files only; raise ``HandlerNotFound``."""
     spec = _find_module(module, extra_path)
-    name = f"{module}:{function}"
-    file = spec.origin or module
     if spec.loader is None or spec.origin is None:
         raise HandlerNotFound(
             f"{module!r} is a namespace package (a folder without __init__.py)",
             "name a module inside it, like package.module:function",
         )
+    name, file = f"{module}:{function}", spec.origin
     try:
         source = _source(spec)
     except (ImportError, OSError, UnicodeDecodeError, SyntaxError) as exc:
