@@ -279,7 +279,7 @@ class Neighbour:
         self.sent = 0
         try:
             self.deliver_one()  # it leads and runs jobs: the state the end is compared with
-            self.listener_sessions: list[int] = scalar(dsn, LISTENER_SESSIONS)
+            self.listener_sessions: list[int] = wait_until(lambda: scalar(dsn, LISTENER_SESSIONS))
             self.killed_sessions: int = scalar(dsn, KILLED_SESSIONS)
         except BaseException:
             self.worker.stop()
