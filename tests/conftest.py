@@ -136,7 +136,8 @@ def neighbour(
     finally:
         databases.close()  # drops its database
     assert not disturbances, (
-        f"the suite disturbed a neighbour deployment: {disturbances}; "
+        f"a neighbour deployment was disturbed during the run: {disturbances} (by these tests, "
+        "or by another process on this server that is not scoped to its own database); "
         f"its log ends:\n{started.worker.output()[-3000:]}"
     )
 
