@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from pgobs.db.migrate import migrate
-from tests.support import Receiver, start_receiver
+from tests.support import Neighbour, Receiver, start_receiver
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -96,8 +96,8 @@ def template_db(admin_dsn: str) -> Iterator[str]:
             )
 
 
-def _fresh_db(admin_dsn: str, template: str | None) -> Iterator[str]:
-    name = f"pgobs_t_{uuid.uuid4().hex[:12]}"
+def _fresh_db(admin_dsn: str, template: str | None, prefix: str = "pgobs_t_") -> Iterator[str]:
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template:
         create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -112,6 +112,34 @@ def _fresh_db(admin_dsn: str, template: str | None) -> Iterator[str]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def neighbour(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Neighbour | None]:
+    """A live pgobs deployment on the same server for the whole run: at the end its leader must
+    still hold the same session and its events still flow, or the run fails. Every run is so the
+    proof that the tests touch only their own databases. Started only when a test uses Postgres."""
+    if not any("admin_dsn" in getattr(i, "fixturenames", ()) for i in request.session.items):
+        yield None
+        return
+    admin_dsn: str = request.getfixturevalue("admin_dsn")
+    databases = _fresh_db(admin_dsn, request.getfixturevalue("template_db"), "pgobs_neighbour_")
+    try:
+        started = Neighbour(next(databases), tmp_path_factory.mktemp("neighbour"))
+        try:
+            yield started
+            disturbances = started.disturbances()
+        finally:
+            started.worker.stop()
+    finally:
+        databases.close()  # drops its database
+    assert not disturbances, (
+        f"a neighbour deployment was disturbed during the run: {disturbances} (by these tests, "
+        "or by another process on this server that is not scoped to its own database); "
+        f"its log ends:\n{started.worker.output()[-3000:]}"
+    )
 
 
 @pytest.fixture
@@ -156,3 +184,17 @@ def redis_url() -> str:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Numbers tests measure but must not assert (a loaded machine stretches them): shown."""
+    measured = [
+        (report.nodeid, name, value)
+        for report in terminalreporter.getreports("passed")
+        if report.when == "call"
+        for name, value in report.user_properties
+    ]
+    if measured:
+        terminalreporter.section("measured")
+        for nodeid, name, value in measured:
+            terminalreporter.write_line(f"{nodeid}: {name}: {value}")

@@ -33,6 +33,20 @@ async def slow(event: Event) -> None:
         await conn.execute("INSERT INTO handled (event_id, how) VALUES (%s, 'slow')", (event.id,))
 
 
+async def gated(event: Event) -> None:
+    """Marks its start with this process's pid, then waits (at most 30 s) until the test puts a
+    row in table gate: work that lasts exactly as long as the test needs."""
+    async with await psycopg.AsyncConnection.connect(os.environ["PGOBS_DSN"], autocommit=True) as c:
+        await c.execute(
+            "INSERT INTO starts (event_id, pid) VALUES (%s, %s)", (event.id, os.getpid())
+        )
+        for _ in range(600):
+            cur = await c.execute("SELECT EXISTS (SELECT FROM gate)")
+            if (await cur.fetchone()) == (True,):
+                return
+            await asyncio.sleep(0.05)
+
+
 def reject(event: Event) -> None:
     raise PermanentError(f"order {event.entity_id} can never be shipped")
 

@@ -72,6 +72,7 @@ class Receiver:
     statuses: dict[str, list[int]] = field(default_factory=dict)
     default_status: int = 200
     delay_s: float = 0.0
+    hold_until_in_flight: int = 0  # answer nothing until this many were in flight at once
     extra_headers: dict[str, str] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -124,6 +125,10 @@ def start_receiver() -> tuple[Receiver, Callable[[], None]]:
             with receiver._cond:
                 receiver.in_flight += 1
                 receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
+                receiver._cond.notify_all()
+                receiver._cond.wait_for(
+                    lambda: receiver.max_in_flight >= receiver.hold_until_in_flight, timeout=10
+                )
             if receiver.delay_s:
                 time.sleep(receiver.delay_s)
             status = receiver.record(req)
@@ -231,3 +236,83 @@ def workers(dsn: str, tmp: Path, count: int, *args: str) -> Iterator[list[Worker
     finally:
         for w in started:
             w.stop()
+
+
+# -- a neighbour deployment -----------------------------------------------------------------------
+
+NEIGHBOUR_CONFIG = """\
+observers:
+  - name: neighbour
+    entity: Order
+    actions: [{type: database, function: public.deliver}]
+"""
+
+NEIGHBOUR_SCHEMA = (
+    "CREATE TABLE orders (id bigserial PRIMARY KEY, note text)",
+    "SELECT pgobs.track('orders', 'Order')",
+    "CREATE TABLE delivered (order_id bigint PRIMARY KEY)",
+    "CREATE FUNCTION deliver(event jsonb) RETURNS void LANGUAGE sql AS $$ "
+    "INSERT INTO delivered VALUES ((event->>'entity_id')::bigint) ON CONFLICT DO NOTHING $$",
+)
+
+# The README's documented names: "pgobs listener <id> pid <pid>" is a listener's session.
+LISTENER_SESSIONS = (
+    "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name LIKE 'pgobs listener %'"
+)
+KILLED_SESSIONS = "SELECT sessions_killed FROM pg_stat_database WHERE datname = current_database()"
+
+
+class Neighbour:
+    """Another pgobs deployment on the suite's server, in a database of its own, as a real one
+    shares a server with other databases. The suite must pass beside it and never touch it."""
+
+    def __init__(self, dsn: str, folder: Path) -> None:
+        self.dsn = dsn
+        for statement in NEIGHBOUR_SCHEMA:
+            execute(dsn, statement)
+        config = folder / "observers.yaml"
+        config.write_text(NEIGHBOUR_CONFIG)
+        self.worker = Worker(
+            dsn, "--config", str(config), "--concurrency", "2", log_path=folder / "neighbour.log"
+        )
+        self.sent = 0
+        try:
+            self.deliver_one()  # it leads and runs jobs: the state the end is compared with
+            self.listener_sessions: list[int] = wait_until(lambda: scalar(dsn, LISTENER_SESSIONS))
+            self.killed_sessions: int = scalar(dsn, KILLED_SESSIONS)
+        except BaseException:
+            self.worker.stop()
+            raise
+
+    def deliver_one(self) -> None:
+        self.sent += 1
+        execute(self.dsn, "INSERT INTO orders (note) VALUES ('neighbour')")
+        wait_until(
+            lambda: scalar(self.dsn, "SELECT count(*) FROM delivered") == self.sent, timeout=30
+        )
+
+    def disturbances(self) -> list[str]:
+        """What happened to the neighbour since it started; empty when the suite left it alone."""
+        if self.worker.proc.poll() is not None:
+            return [f"its worker exited with code {self.worker.proc.returncode}"]
+        found = []
+        try:
+            self.deliver_one()
+        except AssertionError:
+            found.append("an event inserted at the end was not delivered within 30 s")
+        sessions = scalar(self.dsn, LISTENER_SESSIONS)
+        if sessions != self.listener_sessions:
+            found.append(
+                f"its listener sessions changed from {self.listener_sessions} to {sessions}"
+            )
+        killed = scalar(self.dsn, KILLED_SESSIONS)
+        if killed != self.killed_sessions:
+            found.append(f"{killed - self.killed_sessions} of its sessions were terminated")
+        if "lost its session" in self.worker.output():
+            found.append("its listener lost its session")
+        events = scalar(self.dsn, "SELECT count(*) FROM pgobs.events")
+        dead = scalar(self.dsn, "SELECT count(*) FROM pgobs.dlq")
+        if events != self.sent or dead:
+            found.append(f"{events} events for its {self.sent} inserts, {dead} dead letters")
+        return found

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any, Literal
 
+from pgobs.actions.handler_source import HandlerNotFound, find_handler
 from pgobs.config.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.config.fields import Fields, expand_env
 from pgobs.templates import BodyTemplate, Template, compile_error
@@ -84,7 +85,7 @@ class LogSpec:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PythonSpec:
     handler_name: str
-    handler: Callable[..., Any]
+    handler: Callable[..., Any]  # a HandlerSource, never run, when loaded without importing
     is_async: bool
     timeout_ms: int
 
@@ -113,7 +114,7 @@ def derived_name(spec: ActionSpec) -> str:
     return action_type(spec)
 
 
-def parse_action(f: Fields, base_dir: FsPath) -> ActionSpec | None:
+def parse_action(f: Fields, base_dir: FsPath, *, import_handlers: bool = True) -> ActionSpec | None:
     kind = f.string("type", required=True, choices=ACTION_TYPES, hint="e.g. type: webhook")
     timeout_ms = f.integer("timeout_ms", default=DEFAULT_TIMEOUT_MS, minimum=1, maximum=3_600_000)
     spec: ActionSpec | None = None
@@ -130,7 +131,7 @@ def parse_action(f: Fields, base_dir: FsPath) -> ActionSpec | None:
         message = _template(f, "message_template")
         spec = LogSpec(level=level, message=message, timeout_ms=timeout_ms)  # type: ignore[arg-type]  # choices= narrows it
     elif kind == "python":
-        spec = _python(f, timeout_ms, base_dir)
+        spec = _python(f, timeout_ms, base_dir, import_handlers)
     elif kind == "cache":
         keys = [
             _compile(f, ("keys", i), k) for i, k in enumerate(f.string_list("keys", required=True))
@@ -235,7 +236,12 @@ def _database(f: Fields, timeout_ms: int) -> DatabaseSpec:
     return DatabaseSpec(function=tuple(name.split(".")), timeout_ms=timeout_ms)
 
 
-def _python(f: Fields, timeout_ms: int, base_dir: FsPath) -> PythonSpec | None:
+def _python(
+    f: Fields, timeout_ms: int, base_dir: FsPath, import_handlers: bool
+) -> PythonSpec | None:
+    """Without ``import_handlers`` the handler is found in its module's source, so checking a
+    config runs no user code; a worker imports it (it runs it) and so needs the folders on
+    ``sys.path``."""
     name = f.string("handler", required=True, hint="handler: myapp.hooks:on_order") or ""
     if not name:
         return None
@@ -243,6 +249,18 @@ def _python(f: Fields, timeout_ms: int, base_dir: FsPath) -> PythonSpec | None:
         f.issues.error(f.at("handler"), f"'handler' must look like module:function, got {name!r}")
         return None
     module_name, func_name = name.split(":")
+    if not import_handlers:
+        try:
+            found = find_handler(module_name, func_name, (str(base_dir), "."))
+        except HandlerNotFound as exc:
+            f.issues.error(f.at("handler"), exc.message, exc.hint)
+            return None
+        if found.doubt:
+            hint = "pgobs validate-config --import-handlers imports it to check"
+            f.issues.warning(f.at("handler"), found.doubt, hint)
+        return PythonSpec(
+            handler_name=name, handler=found, is_async=found.is_async, timeout_ms=timeout_ms
+        )
     for folder in (str(base_dir), "."):
         if folder not in sys.path:
             sys.path.append(folder)
@@ -257,7 +275,11 @@ def _python(f: Fields, timeout_ms: int, base_dir: FsPath) -> PythonSpec | None:
         return None
     handler = getattr(module, func_name, None)
     if not callable(handler):
-        f.issues.error(f.at("handler"), f"{module_name!r} has no function {func_name!r}")
+        f.issues.error(
+            f.at("handler"),
+            f"{module_name!r} has no function {func_name!r}",
+            f"define def {func_name}(event) or async def {func_name}(event) in {module_name}",
+        )
         return None
     return PythonSpec(
         handler_name=name,

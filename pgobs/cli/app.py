@@ -146,15 +146,21 @@ def worker(
 
 
 @app.command(name="validate-config")
-def validate_config(file: Path = Path("observers.yaml"), *, detailed: bool = False) -> int:
+def validate_config(
+    file: Path = Path("observers.yaml"), *, detailed: bool = False, import_handlers: bool = False
+) -> int:
     """Check an observers file; print every error with its line and a hint.
+
+    Python handlers are found by reading their modules' source: checking runs none of your code.
 
     Parameters
     ----------
     detailed
         Also list each observer with its events, condition and actions.
+    import_handlers
+        Import the python handlers' modules (running them, as the worker does) for a full check.
     """
-    config, issues = parse_config_file(file, strict_env=False)
+    config, issues = parse_config_file(file, strict_env=False, import_handlers=import_handlers)
     for issue in issues:
         print(issue, file=sys.stderr if issue.severity == "error" else sys.stdout)
     if config is None:
@@ -164,7 +170,8 @@ def validate_config(file: Path = Path("observers.yaml"), *, detailed: bool = Fal
     actions = sum(len(o.actions) for o in config.observers)
     print(f"{file}: ok — {len(config.observers)} observer(s), {actions} action(s)")
     if detailed:
-        from pgobs.actions.specs import action_type
+        from pgobs.actions.handler_source import HandlerSource
+        from pgobs.actions.specs import PythonSpec, action_type
 
         for obs in config.observers:
             events = ", ".join(sorted(obs.event_types)) if obs.event_types else "any event"
@@ -175,6 +182,17 @@ def validate_config(file: Path = Path("observers.yaml"), *, detailed: bool = Fal
                 f"    actions:   {kinds}; retry {obs.retry.max_attempts}x "
                 f"{obs.retry.backoff_strategy}; on_failure {obs.on_failure}"
             )
+            for spec in obs.actions:
+                if not isinstance(spec, PythonSpec):
+                    continue
+                found = spec.handler
+                if isinstance(found, HandlerSource):
+                    where = f"{found.file}:{found.line}" if found.line else found.file
+                    how = "not settled from source" if found.doubt else found.binding
+                    print(f"    handler {spec.handler_name}: {how} at {where}")
+                else:
+                    kind = "async" if spec.is_async else "sync"
+                    print(f"    handler {spec.handler_name}: {kind}, imported")
     return 0
 
 

@@ -30,19 +30,23 @@ MAX_DELAY_MS = 86_400_000  # a day: a retry further out is a DLQ entry's job, no
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
-def load_config(path: str | FsPath, *, strict_env: bool = True) -> Config:
+def load_config(
+    path: str | FsPath, *, strict_env: bool = True, import_handlers: bool = True
+) -> Config:
     """Load and validate a config file; raise ``ConfigInvalid`` listing every error.
 
     ``strict_env`` makes unset ``*_env`` variables errors (worker start) rather than warnings.
+    ``import_handlers=False`` finds python handlers in their source instead of importing them,
+    so no user code runs; the config's handlers then cannot be called.
     """
-    config, issues = parse_config_file(path, strict_env=strict_env)
+    config, issues = parse_config_file(path, strict_env=strict_env, import_handlers=import_handlers)
     if config is None:
         raise ConfigInvalid([i for i in issues if i.severity == "error"])
     return config
 
 
 def parse_config_file(
-    path: str | FsPath, *, strict_env: bool = False
+    path: str | FsPath, *, strict_env: bool = False, import_handlers: bool = True
 ) -> tuple[Config | None, list[ConfigIssue]]:
     file = FsPath(path)
     try:
@@ -51,7 +55,13 @@ def parse_config_file(
         raise ConfigError(f"config file {file} does not exist", "pass --config PATH") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {file}: {exc}", "check the path") from exc
-    return parse_config(text, str(file), base_dir=file.parent, strict_env=strict_env)
+    return parse_config(
+        text,
+        str(file),
+        base_dir=file.parent,
+        strict_env=strict_env,
+        import_handlers=import_handlers,
+    )
 
 
 def parse_config(
@@ -60,6 +70,7 @@ def parse_config(
     *,
     base_dir: FsPath | None = None,
     strict_env: bool = False,
+    import_handlers: bool = True,
 ) -> tuple[Config | None, list[ConfigIssue]]:
     """Parse config text; returns the config (None when there are errors) and all issues."""
     issues = Issues(file=file, lines={})
@@ -80,7 +91,13 @@ def parse_config(
         seen: dict[str, int] = {}
         for index, item in enumerate(items):
             obs = _observer(
-                item, ("observers", index), issues, base_dir or FsPath("."), strict_env, egress
+                item,
+                ("observers", index),
+                issues,
+                base_dir or FsPath("."),
+                strict_env,
+                egress,
+                import_handlers,
             )
             if obs is None:
                 continue
@@ -104,6 +121,7 @@ def _observer(
     base_dir: FsPath,
     strict_env: bool,
     egress: EgressPolicy,
+    import_handlers: bool,
 ) -> Observer | None:
     f = Fields(raw, path, issues, "an observer", strict_env=strict_env)
     if not f.ok:
@@ -142,7 +160,7 @@ def _observer(
         af = Fields(raw_action, (*f.at("actions"), i), issues, "an action", strict_env=strict_env)
         if af.ok:
             action_name = _action_name(af)
-            spec = parse_action(af, base_dir)
+            spec = parse_action(af, base_dir, import_handlers=import_handlers)
             if isinstance(spec, WebhookSpec | SlackSpec):
                 spec = dataclasses.replace(spec, egress=egress)
                 _check_target(af, spec)

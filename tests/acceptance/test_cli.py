@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 import urllib.request
 from pathlib import Path
 
@@ -35,14 +34,13 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage: pgobs" in result.stdout
 
 
-def test_bad_dsn_is_one_line_and_fast() -> None:
-    started = time.monotonic()
+def test_bad_dsn_is_one_line_naming_the_first_refusal() -> None:
     result = run_pgobs("postgresql://nobody@127.0.0.1:1/none", "migrate")
-    assert time.monotonic() - started < 10
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("pgobs: error: cannot connect to Postgres at 127.0.0.1:1/none")
+    assert "Connection refused" in lines[0]  # the first attempt's answer, not a retry loop's
     assert "Traceback" not in result.stderr
 
 
@@ -190,7 +188,11 @@ def test_sigterm_stops_the_listener_and_frees_leadership(dsn: str, tmp_path: Pat
         wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.listeners WHERE is_leader"))
         assert worker.terminate() == 0
         assert scalar(dsn, "SELECT state FROM pgobs.listeners") == "stopped"
-        assert scalar(dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        held = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        assert scalar(dsn, held) == 0
     finally:
         worker.stop()
 
