@@ -69,7 +69,7 @@ END;
 $$;
 
 -- entity_id of a row: the key column's value; for several key columns, their values in key
--- order joined by ':' (a ':' or '%' inside a value is written %3A or %25, so ids stay
+-- order joined by ',' (a ',' or '%' inside a value is written %2C or %25, so ids stay
 -- unambiguous); NULL for a row recorded without its data.
 CREATE OR REPLACE FUNCTION pgobs.entity_id(doc jsonb, key_columns text[]) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
@@ -77,7 +77,7 @@ LANGUAGE sql IMMUTABLE AS $$
         WHEN cardinality(key_columns) = 1 THEN doc ->> key_columns[1]
         WHEN doc ?| key_columns THEN (
         SELECT string_agg(
-            replace(replace(coalesce(doc ->> k.name, ''), '%', '%25'), ':', '%3A'), ':'
+            replace(replace(coalesce(doc ->> k.name, ''), '%', '%25'), ',', '%2C'), ','
             ORDER BY k.position)
         FROM unnest(key_columns) WITH ORDINALITY AS k(name, position)
     ) END
