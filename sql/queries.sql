@@ -104,6 +104,9 @@ FROM (
 -- name: track_table
 SELECT pgobs.track(%(table)s::regclass, %(entity)s, %(id_column)s)
 
+-- name: untrack_table
+SELECT pgobs.untrack(%(table)s::regclass)
+
 -- name: claim_jobs
 -- Due, unleased jobs by priority then due time; SKIP LOCKED lets any number of workers claim
 -- at once. Each claim takes a lease and counts an attempt. The event rides along (or the
