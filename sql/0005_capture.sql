@@ -602,9 +602,14 @@ END;
 $$;
 REVOKE EXECUTE ON FUNCTION pgobs.create_roles() FROM PUBLIC;
 
+-- Run now when the roles exist already (another database of the cluster created them) or the
+-- migrating role may create them; otherwise the migration still succeeds, and says what to run.
 DO $$
 BEGIN
-    IF (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user) THEN
+    IF (SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user)
+        OR (SELECT count(*) FROM pg_roles
+            WHERE rolname IN ('pgobs_app', 'pgobs_operator', 'pgobs_worker')) = 3
+    THEN
         PERFORM pgobs.create_roles();
     ELSE
         RAISE NOTICE 'pgobs: roles pgobs_app, pgobs_operator and pgobs_worker were not created '

@@ -174,3 +174,25 @@ observers:
             worker.stop()
         assert "permission denied" not in worker.output()
         assert_cannot_forge(worker_dsn)
+
+
+def test_a_migrating_role_without_createrole_still_migrates(empty_dsn: str) -> None:
+    """The roles are cluster-wide and exist already (the template's migration made them): a
+    migrating role that may not create roles grants them their rights in its database."""
+    name = f"pgobs_owner_{uuid.uuid4().hex[:10]}"
+    execute(empty_dsn, f"CREATE ROLE {name} LOGIN")
+    try:
+        database = scalar(empty_dsn, "SELECT current_database()")
+        execute(empty_dsn, f'GRANT CREATE ON DATABASE "{database}" TO {name}')
+        owner = psycopg.conninfo.make_conninfo(empty_dsn, user=name)
+        result = run_pgobs(owner, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert scalar(
+            empty_dsn,
+            "SELECT has_function_privilege('pgobs_app', 'pgobs.emit(text,text,text,jsonb)', "
+            "'EXECUTE') AND NOT has_function_privilege('pgobs_app', 'pgobs.track(regclass,text,"
+            "text,text[])', 'EXECUTE')",
+        )
+    finally:
+        execute(empty_dsn, f"DROP OWNED BY {name}")
+        execute(empty_dsn, f"DROP ROLE {name}")
