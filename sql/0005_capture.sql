@@ -593,7 +593,7 @@ BEGIN
     GRANT DELETE ON pgobs.dlq TO pgobs_operator;
 
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgobs TO pgobs_worker;
-    REVOKE INSERT, UPDATE ON pgobs.events FROM pgobs_worker;
+    REVOKE INSERT, UPDATE, DELETE ON pgobs.events FROM pgobs_worker;
     REVOKE INSERT, UPDATE, DELETE ON pgobs.schema_migrations FROM pgobs_worker;
     -- Tables of later migrations are the queue's and the worker's to use as well.
     ALTER DEFAULT PRIVILEGES IN SCHEMA pgobs

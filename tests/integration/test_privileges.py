@@ -174,6 +174,8 @@ observers:
             worker.stop()
         assert "permission denied" not in worker.output()
         assert_cannot_forge(worker_dsn)
+        for statement in ("DELETE FROM pgobs.events", "UPDATE pgobs.events SET data = '{}'"):
+            assert refused(worker_dsn, statement) == "InsufficientPrivilege", statement
 
 
 def test_a_migrating_role_without_createrole_still_migrates(empty_dsn: str) -> None:
