@@ -477,3 +477,23 @@ def test_untrack_removes_every_trigger_of_a_tree(regions: str) -> None:
     assert scalar(regions, count) > 0
     execute(regions, "SELECT pgobs.untrack('shipments')")
     assert scalar(regions, count) == 0
+
+
+def test_session_settings_cannot_hide_changes_of_a_partitioned_table(regions: str) -> None:
+    """Any role may set pgobs.* settings: a writer that imitates an UPDATE in progress or a
+    TRUNCATE of the whole tree still gets its DELETE and TRUNCATE captured."""
+    root = scalar(regions, "SELECT 'shipments'::regclass::oid")
+    execute(regions, "INSERT INTO shipments VALUES (1, 'eu', 'new')")
+    with psycopg.connect(regions) as conn:
+        for name in (f"pgobs.moving_{root}_1", f"pgobs.truncating_{root}"):
+            conn.execute("SELECT set_config(%s, 'on', false)", (name,))
+        conn.execute("SELECT set_config(%s, %s, false)", (f"pgobs.moved_{root}_1", '{"id": 9}'))
+        conn.execute("DELETE FROM shipments_eu")
+        conn.execute("INSERT INTO shipments VALUES (2, 'eu', 'new')")
+        conn.execute("TRUNCATE shipments_eu")
+    assert [(e["event_type"], e["entity_id"]) for e in events(regions)] == [
+        ("INSERT", "1"),
+        ("DELETE", "1"),
+        ("INSERT", "2"),
+        ("TRUNCATE", None),
+    ]
