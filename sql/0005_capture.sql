@@ -200,26 +200,44 @@ BEGIN
 END;
 $$;
 
+-- Capture's state within a statement, per backend: whether an UPDATE of a partitioned tree is
+-- pairing its row moves (scope 'moving_<root>_<trigger depth>', with the DELETE half waiting in
+-- held), or a partitioned tree is being truncated ('truncating_<root>'). A table only pgobs'
+-- owner writes, because any role may set any pgobs.* setting: state kept in settings let a
+-- writer hide its DELETEs and TRUNCATEs. Rows live for one statement; a rolled-back statement
+-- takes its rows with it.
+CREATE UNLOGGED TABLE pgobs.capture_state (
+    backend integer NOT NULL,
+    scope   text NOT NULL,
+    held    jsonb,
+    PRIMARY KEY (backend, scope)
+);
+
 -- Partitioned tables are captured per row by one trigger on the parent, which Postgres clones
 -- to every partition, existing and future, and fires however the row is written (through the
 -- parent or a partition). An UPDATE that moves a row to another partition runs as a DELETE on
 -- the old partition followed by an INSERT on the new one, firing neither UPDATE row trigger;
--- while an UPDATE of the tree runs (pgobs.moving_<root>_<depth>, set by capture_moves), the
--- DELETE half is held in pgobs.moved_<root>_<depth> and the INSERT half that follows it writes
--- one UPDATE event with both rows. TG_ARGV: entity_type, root oid, tracked operations as
--- 'INSERT,UPDATE,...', then the key columns.
+-- while an UPDATE of the tree pairs its moves (capture_moves), the DELETE half is held in
+-- pgobs.capture_state and the INSERT half that follows it writes one UPDATE event with both
+-- rows. The setting pgobs.moving_<root>_<depth> only spares other rows the lookup. TG_ARGV:
+-- entity_type, root oid, tracked operations as 'INSERT,UPDATE,...', then the key columns.
 CREATE OR REPLACE FUNCTION pgobs.capture_partitioned() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     entity text := TG_ARGV[0];
     ops text[] := string_to_array(TG_ARGV[2], ',');
     key_columns text[] := TG_ARGV[3:TG_NARGS - 1];
-    scope text := TG_ARGV[1] || '_' || pg_trigger_depth();
-    moving boolean := current_setting('pgobs.moving_' || scope, true) = 'on';
+    state_scope text := 'moving_' || TG_ARGV[1] || '_' || pg_trigger_depth();
+    moving boolean := false;
     marker text := pgobs.json_marker(TG_RELID);
-    held text;
+    held jsonb;
     doc jsonb;
 BEGIN
+    IF TG_OP <> 'UPDATE' AND current_setting('pgobs.' || state_scope, true) = 'on' THEN
+        moving := EXISTS (
+            SELECT 1 FROM pgobs.capture_state s
+            WHERE s.backend = pg_backend_pid() AND s.scope = state_scope);
+    END IF;
     IF TG_OP = 'UPDATE' THEN
         IF 'UPDATE' = ANY(ops) THEN
             IF pgobs.needs_guard(NEW, marker) OR pgobs.needs_guard(OLD, marker) THEN
@@ -230,29 +248,39 @@ BEGIN
             END IF;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
+        IF NOT moving AND NOT 'DELETE' = ANY(ops) THEN
+            RETURN NULL;
+        END IF;
         doc := CASE WHEN pgobs.needs_guard(OLD, marker) THEN pgobs.guarded_doc(OLD)
                     ELSE to_jsonb(OLD) END;
         IF moving THEN
-            PERFORM pgobs.release_moved(entity, TG_ARGV[2], key_columns, scope);
-            PERFORM set_config('pgobs.moved_' || scope, doc::text, true);
+            PERFORM pgobs.release_moved(entity, TG_ARGV[2], key_columns, state_scope);
+            UPDATE pgobs.capture_state s SET held = doc
+            WHERE s.backend = pg_backend_pid() AND s.scope = state_scope;
             RETURN NULL;
         END IF;
-        IF 'DELETE' = ANY(ops) THEN
-            INSERT INTO pgobs.events (entity_type, entity_id, event_type, old_data, tenant, actor)
-            VALUES (entity, pgobs.entity_id(doc, key_columns), 'DELETE', doc,
-                    nullif(current_setting('pgobs.tenant', true), ''),
-                    nullif(current_setting('pgobs.actor', true), ''));
-        END IF;
+        INSERT INTO pgobs.events (entity_type, entity_id, event_type, old_data, tenant, actor)
+        VALUES (entity, pgobs.entity_id(doc, key_columns), 'DELETE', doc,
+                nullif(current_setting('pgobs.tenant', true), ''),
+                nullif(current_setting('pgobs.actor', true), ''));
     ELSE
+        IF moving THEN
+            UPDATE pgobs.capture_state s SET held = NULL
+            FROM (SELECT s2.held FROM pgobs.capture_state s2
+                  WHERE s2.backend = pg_backend_pid() AND s2.scope = state_scope
+                  FOR UPDATE) AS before
+            WHERE s.backend = pg_backend_pid() AND s.scope = state_scope
+            RETURNING before.held INTO held;
+        END IF;
+        IF held IS NULL AND NOT 'INSERT' = ANY(ops) OR held IS NOT NULL AND NOT 'UPDATE' = ANY(ops)
+        THEN
+            RETURN NULL;
+        END IF;
         doc := CASE WHEN pgobs.needs_guard(NEW, marker) THEN pgobs.guarded_doc(NEW)
                     ELSE to_jsonb(NEW) END;
-        held := nullif(current_setting('pgobs.moved_' || scope, true), '');
-        IF moving AND held IS NOT NULL THEN
-            PERFORM set_config('pgobs.moved_' || scope, '', true);
-            IF 'UPDATE' = ANY(ops) THEN
-                PERFORM pgobs.write_update(entity, key_columns, doc, held::jsonb);
-            END IF;
-        ELSIF 'INSERT' = ANY(ops) THEN
+        IF held IS NOT NULL THEN
+            PERFORM pgobs.write_update(entity, key_columns, doc, held);
+        ELSE
             INSERT INTO pgobs.events (entity_type, entity_id, event_type, data, tenant, actor)
             VALUES (entity, pgobs.entity_id(doc, key_columns), 'INSERT', doc,
                     nullif(current_setting('pgobs.tenant', true), ''),
@@ -271,18 +299,21 @@ CREATE OR REPLACE FUNCTION pgobs.release_moved(
 ) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    held text := nullif(current_setting('pgobs.moved_' || scope, true), '');
+    held jsonb;
 BEGIN
-    IF held IS NULL THEN
+    UPDATE pgobs.capture_state s SET held = NULL
+    FROM (SELECT s2.held FROM pgobs.capture_state s2
+          WHERE s2.backend = pg_backend_pid() AND s2.scope = release_moved.scope
+          FOR UPDATE) AS before
+    WHERE s.backend = pg_backend_pid() AND s.scope = release_moved.scope
+    RETURNING before.held INTO held;
+    IF held IS NULL OR NOT 'DELETE' = ANY(string_to_array(ops, ',')) THEN
         RETURN;
     END IF;
-    PERFORM set_config('pgobs.moved_' || scope, '', true);
-    IF 'DELETE' = ANY(string_to_array(ops, ',')) THEN
-        INSERT INTO pgobs.events (entity_type, entity_id, event_type, old_data, tenant, actor)
-        VALUES (entity, pgobs.entity_id(held::jsonb, key_columns), 'DELETE', held::jsonb,
-                nullif(current_setting('pgobs.tenant', true), ''),
-                nullif(current_setting('pgobs.actor', true), ''));
-    END IF;
+    INSERT INTO pgobs.events (entity_type, entity_id, event_type, old_data, tenant, actor)
+    VALUES (entity, pgobs.entity_id(held, key_columns), 'DELETE', held,
+            nullif(current_setting('pgobs.tenant', true), ''),
+            nullif(current_setting('pgobs.actor', true), ''));
 END;
 $$;
 
@@ -293,14 +324,20 @@ $$;
 CREATE OR REPLACE FUNCTION pgobs.capture_moves() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    scope text := TG_ARGV[1] || '_' || pg_trigger_depth();
+    state_scope text := 'moving_' || TG_ARGV[1] || '_' || pg_trigger_depth();
 BEGIN
     IF TG_WHEN = 'AFTER' THEN
-        PERFORM pgobs.release_moved(TG_ARGV[0], TG_ARGV[2], TG_ARGV[3:TG_NARGS - 1], scope);
-        PERFORM set_config('pgobs.moving_' || scope, '', true);
+        PERFORM pgobs.release_moved(
+            TG_ARGV[0], TG_ARGV[2], TG_ARGV[3:TG_NARGS - 1], state_scope);
+    END IF;
+    IF TG_WHEN = 'BEFORE' AND TG_OP = 'UPDATE' THEN
+        INSERT INTO pgobs.capture_state (backend, scope) VALUES (pg_backend_pid(), state_scope)
+        ON CONFLICT ON CONSTRAINT capture_state_pkey DO UPDATE SET held = NULL;
+        PERFORM set_config('pgobs.' || state_scope, 'on', true);
     ELSE
-        PERFORM set_config('pgobs.moving_' || scope, CASE TG_OP WHEN 'UPDATE' THEN 'on' ELSE '' END,
-            true);
+        DELETE FROM pgobs.capture_state s
+        WHERE s.backend = pg_backend_pid() AND s.scope = state_scope;
+        PERFORM set_config('pgobs.' || state_scope, '', true);
     END IF;
     RETURN NULL;
 END;
@@ -308,23 +345,25 @@ $$;
 
 -- TRUNCATE of a tracked table: one event, entity_id NULL, data {"table": "schema.name"} naming
 -- the table truncated. Fired BEFORE TRUNCATE on the tracked table and on each partition it had
--- when tracked; truncating a partitioned table marks its tree (pgobs.truncating_<root>) so its
+-- when tracked; truncating a partitioned table marks its tree in pgobs.capture_state so its
 -- partitions, which Postgres truncates with it, add no event of their own; the AFTER TRUNCATE
 -- trigger on partitioned tables clears the mark. TG_ARGV: entity_type, root oid.
 CREATE OR REPLACE FUNCTION pgobs.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    mark text := 'pgobs.truncating_' || TG_ARGV[1];
+    mark text := 'truncating_' || TG_ARGV[1];
 BEGIN
     IF TG_WHEN = 'AFTER' THEN
-        PERFORM set_config(mark, '', true);
+        DELETE FROM pgobs.capture_state s WHERE s.backend = pg_backend_pid() AND s.scope = mark;
         RETURN NULL;
     END IF;
-    IF current_setting(mark, true) = 'on' THEN
+    IF EXISTS (
+        SELECT 1 FROM pgobs.capture_state s WHERE s.backend = pg_backend_pid() AND s.scope = mark
+    ) THEN
         RETURN NULL;
     END IF;
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = TG_RELID) = 'p' THEN
-        PERFORM set_config(mark, 'on', true);
+        INSERT INTO pgobs.capture_state (backend, scope) VALUES (pg_backend_pid(), mark);
     END IF;
     INSERT INTO pgobs.events (entity_type, entity_id, event_type, data, tenant, actor)
     VALUES (TG_ARGV[0], NULL, 'TRUNCATE',
@@ -594,6 +633,7 @@ BEGIN
 
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgobs TO pgobs_worker;
     REVOKE INSERT, UPDATE, DELETE ON pgobs.events FROM pgobs_worker;
+    REVOKE ALL ON pgobs.capture_state FROM pgobs_worker;
     REVOKE INSERT, UPDATE, DELETE ON pgobs.schema_migrations FROM pgobs_worker;
     -- Tables of later migrations are the queue's and the worker's to use as well.
     ALTER DEFAULT PRIVILEGES IN SCHEMA pgobs
