@@ -66,3 +66,9 @@ def test_a_role_without_rights_gets_one_line(dsn: str) -> None:
     finally:
         execute(dsn, f"DROP OWNED BY {name}")
         execute(dsn, f"DROP ROLE {name}")
+
+
+def test_untrack_has_help() -> None:
+    result = run_pgobs(None, "untrack", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Stop capturing TABLE's changes" in result.stdout
