@@ -12,8 +12,12 @@ BEGIN;
 CREATE OR REPLACE FUNCTION pgobs.needs_guard(captured anyelement, json_marker text)
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT pg_column_size(captured) > 131072
-        OR (json_marker IS NOT NULL AND strpos(captured::text, json_marker) > 0)
+    -- CASE fixes the order: a big row is never converted to text (over 1 GB that fails too).
+    SELECT CASE
+        WHEN pg_column_size(captured) > 131072 THEN true
+        WHEN json_marker IS NULL THEN false
+        ELSE strpos(captured::text, json_marker) > 0
+    END
 $$;
 
 -- The marker needs_guard looks for when rel has a json column (nested in arrays, domains or
