@@ -108,6 +108,9 @@ FROM (
 -- name: track_table
 SELECT pgobs.track(%(table)s::regclass, %(entity)s, %(id_column)s)
 
+-- name: untrack_table
+SELECT pgobs.untrack(%(table)s::regclass)
+
 -- name: claim_jobs
 -- Jobs this worker knows how to run (keys 'observer/action'; '#n' names a job written before
 -- actions had identities), due retries first, then available ones by priority; SKIP LOCKED lets

@@ -61,30 +61,57 @@ def track(
     id_column: str | None = None,
     dsn: Dsn = None,
 ) -> None:
-    """Capture TABLE's row changes as events (installs the pgobs capture triggers).
+    """Capture TABLE's row changes and TRUNCATEs as events (installs the pgobs capture triggers).
+
+    A partitioned table is tracked whole, its future partitions included.
 
     Parameters
     ----------
     table
         The table, optionally schema-qualified: public.orders.
     id_column
-        Column whose value becomes entity_id (default: the single-column primary key).
+        Column whose value becomes entity_id, or several comma-separated (their values are
+        joined by ','). Default: the primary key; a table without one needs this option.
     """
-
-    async def run(conn: Connection) -> None:
-        params = {"table": table, "entity": entity, "id_column": id_column}
-        try:
-            await conn.execute(query("track_table"), params)
-        except psycopg.errors.UndefinedTable as exc:
-            raise PgobsError(f"table {table!r} does not exist", "check the name") from exc
-        except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
-            raise  # the schema is missing: with_connection says to migrate
-        except psycopg.DatabaseError as exc:
-            reason = exc.diag.message_primary or str(exc).strip()
-            raise PgobsError(f"cannot track {table!r}: {reason}", "give an existing table") from exc
-
-    with_connection(dsn, run)
+    params = {"table": table, "entity": entity, "id_column": id_column}
+    with_connection(dsn, lambda conn: _change_tracking(conn, "track", table, params))
     print(f"tracking {table} as {entity or table.split('.')[-1]}")
+
+
+@app.command
+def untrack(table: str, *, dsn: Dsn = None) -> None:
+    """Stop capturing TABLE's changes (removes the pgobs capture triggers; events stay).
+
+    Parameters
+    ----------
+    table
+        The table, optionally schema-qualified: public.orders.
+    """
+    with_connection(dsn, lambda conn: _change_tracking(conn, "untrack", table, {"table": table}))
+    print(f"stopped tracking {table}")
+
+
+async def _change_tracking(
+    conn: Connection, verb: Literal["track", "untrack"], table: str, params: dict[str, str | None]
+) -> None:
+    """Run pgobs.track or pgobs.untrack; every refusal becomes one line with its fix."""
+    try:
+        await conn.execute(query(f"{verb}_table"), params)
+    except psycopg.errors.UndefinedTable as exc:
+        raise PgobsError(f"table {table!r} does not exist", "check the name") from exc
+    except (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction):
+        raise  # the schema is missing: with_connection says to migrate
+    except psycopg.errors.InsufficientPrivilege as exc:
+        reason = exc.diag.message_primary or str(exc).strip()
+        raise PgobsError(
+            f"cannot {verb} {table!r}: {reason}",
+            f"run pgobs {verb} as the table's owner with EXECUTE on pgobs' functions, "
+            "such as the role that ran pgobs migrate",
+        ) from exc
+    except psycopg.DatabaseError as exc:
+        reason = exc.diag.message_primary or str(exc).strip()
+        fix = exc.diag.message_hint or "give an existing table"
+        raise PgobsError(f"cannot {verb} {table!r}: {reason}", fix) from exc
 
 
 @app.command

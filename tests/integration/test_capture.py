@@ -160,7 +160,7 @@ def test_track_picks_the_primary_key_and_rejects_bad_operations(dsn: str) -> Non
     (event,) = events(dsn)
     assert event["entity_id"] == "A-1"
     with pytest.raises(psycopg.errors.RaiseException, match="operations must be among"):
-        execute(dsn, "SELECT pgobs.track('items', 'Item', operations => ARRAY['TRUNCATE'])")
+        execute(dsn, "SELECT pgobs.track('items', 'Item', operations => ARRAY['SELECT'])")
 
 
 def test_insert_notifies_pgobs_events(orders: str) -> None:
@@ -213,8 +213,8 @@ def test_a_role_without_rights_on_pgobs_is_captured(orders: str) -> None:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("INSERT INTO pgobs.events (entity_type, event_type) VALUES ('x', 'y')")
             conn.rollback()
-        # Custom events need the schema granted (to name the function), and nothing more.
-        execute(orders, f"GRANT USAGE ON SCHEMA pgobs TO {role}")
+        # Custom events need the application role pgobs_app, and nothing more.
+        execute(orders, f"GRANT pgobs_app TO {role}")
         with psycopg.connect(orders) as conn:
             conn.execute(f"SET ROLE {role}")
             conn.execute("SELECT pgobs.emit('Custom', 'ping')")
@@ -237,6 +237,7 @@ def test_track_installs_its_triggers_and_untrack_removes_them(orders: str) -> No
     assert scalar(orders, names) == [
         "pgobs_capture_delete",
         "pgobs_capture_insert",
+        "pgobs_capture_truncate",
         "pgobs_capture_update",
         "pgobs_wake",
     ]
@@ -259,3 +260,240 @@ def test_columns_named_like_sql_aliases_are_captured(dsn: str) -> None:
     ]
     assert got[2]["old_data"] == {"id": 2, "captured": "c2", "n": 3, "d": "y"}
     assert [e["entity_id"] for e in got] == ["1", "2", "2"]
+
+
+# -- no subtransaction per statement (issue 7, finding 7c) --------------------------------------
+
+
+def test_a_thousand_statement_transaction_uses_no_subtransaction(orders: str) -> None:
+    """Past 64 subtransactions in one transaction, every session's visibility checks slow down
+    (the subxid cache overflows). A row written in a subtransaction carries that subtransaction's
+    xid as xmin, so events written without one all carry the writer's own xid."""
+    with psycopg.connect(orders) as conn:
+        for n in range(1000):
+            conn.execute("INSERT INTO orders (status, total) VALUES ('new', %s)", (n,))
+        conn.execute("UPDATE orders SET status = 'paid'")  # 1,000 rows, one row trigger each
+        for n in range(1, 101):
+            conn.execute("DELETE FROM orders WHERE id = %s", (n,))
+        writer = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        conn.commit()
+    assert writer is not None
+    xmins = scalar(orders, "SELECT array_agg(DISTINCT xmin::text) FROM pgobs.events")
+    assert xmins == [writer[0]]
+    assert scalar(orders, "SELECT count(*) FROM pgobs.events") == 2100
+
+
+def test_only_a_row_jsonb_cannot_hold_takes_the_guarded_path(dsn: str) -> None:
+    """json with \\u0000 (jsonb rejects it) is captured with the reason, beside ordinary rows of
+    the same statement, which keep their data."""
+    execute(dsn, "CREATE TABLE docs (id int PRIMARY KEY, body json)")
+    execute(dsn, "SELECT pgobs.track('docs')")
+    execute(dsn, """INSERT INTO docs VALUES (1, '{"a": "\\u0000"}'), (2, '{"a": "\\u00e9"}')""")
+    execute(dsn, "UPDATE docs SET body = '{\"b\": 1}' WHERE id = 1")
+    got = {(e["event_type"], e["entity_id"]): e for e in events(dsn)}
+    assert got[("INSERT", None)]["data"] == {"_pgobs_error": "unsupported Unicode escape sequence"}
+    assert got[("INSERT", "2")]["data"] == {"id": 2, "body": {"a": "é"}}
+    update = got[("UPDATE", "1")]
+    assert update["data"] == {"id": 1, "body": {"b": 1}} and "_pgobs_error" in update["old_data"]
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_a_table_without_a_primary_key_needs_an_id_column(dsn: str) -> None:
+    execute(dsn, "CREATE TABLE readings (sensor text, at timestamptz, value numeric)")
+    with pytest.raises(psycopg.errors.RaiseException, match="has no primary key") as refused:
+        execute(dsn, "SELECT pgobs.track('readings')")
+    assert "--id-column" in (refused.value.diag.message_hint or "")
+    with pytest.raises(psycopg.errors.RaiseException, match="has no column nope"):
+        execute(dsn, "SELECT pgobs.track('readings', id_column => 'sensor, nope')")
+    execute(dsn, "SELECT pgobs.track('readings', id_column => 'sensor')")
+    execute(dsn, "INSERT INTO readings VALUES ('s1', now(), 1.5)")
+    assert [e["entity_id"] for e in events(dsn)] == ["s1"]
+
+
+def test_composite_keys_give_the_values_in_key_order(dsn: str) -> None:
+    """The primary key's columns in key order (not table order), joined by ','; a ',' or '%'
+    inside a value is percent-encoded so two keys never give the same id."""
+    execute(
+        dsn, "CREATE TABLE lines (qty int, line int, order_ref text, PRIMARY KEY (order_ref, line))"
+    )
+    execute(dsn, "SELECT pgobs.track('lines')")
+    execute(dsn, "INSERT INTO lines VALUES (1, 1, 'A-7'), (1, 2, 'a,b%c')")
+    execute(dsn, "UPDATE lines SET qty = 2 WHERE line = 1")
+    execute(dsn, "DELETE FROM lines WHERE line = 2")
+    assert [(e["event_type"], e["entity_id"]) for e in events(dsn)] == [
+        ("INSERT", "A-7,1"),
+        ("INSERT", "a%2Cb%25c,2"),
+        ("UPDATE", "A-7,1"),
+        ("DELETE", "a%2Cb%25c,2"),
+    ]
+    execute(dsn, "SELECT pgobs.track('lines', id_column => 'line,order_ref')")
+    execute(dsn, "INSERT INTO lines VALUES (1, 3, 'B')")
+    assert events(dsn)[-1]["entity_id"] == "3,B"
+
+
+# -- TRUNCATE ------------------------------------------------------------------------------------
+
+
+def test_truncate_is_an_event(orders: str) -> None:
+    execute(orders, "INSERT INTO orders (status) VALUES ('x')")
+    execute(orders, "TRUNCATE orders")
+    truncate = events(orders)[-1]
+    assert (truncate["entity_type"], truncate["event_type"], truncate["entity_id"]) == (
+        "Order",
+        "TRUNCATE",
+        None,
+    )
+    assert truncate["data"] == {"table": "public.orders"}
+    execute(orders, "SELECT pgobs.track('orders', 'Order', operations => ARRAY['INSERT'])")
+    execute(orders, "TRUNCATE orders")
+    assert len(events(orders)) == 2
+
+
+def test_emit_refuses_the_event_types_of_capture(dsn: str) -> None:
+    for reserved in ("INSERT", "update", "Delete", "TRUNCATE"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="reserved"):
+            execute(dsn, "SELECT pgobs.emit('Order', %s, '1', '{\"total\": 1000000}')", (reserved,))
+    assert events(dsn) == []
+
+
+# -- partitioned tables (issue 8, finding 3) -----------------------------------------------------
+
+
+@pytest.fixture
+def regions(dsn: str) -> str:
+    execute(
+        dsn,
+        "CREATE TABLE shipments (id int, region text, state text, PRIMARY KEY (id, region)) "
+        "PARTITION BY LIST (region)",
+    )
+    execute(dsn, "CREATE TABLE shipments_eu PARTITION OF shipments FOR VALUES IN ('eu')")
+    execute(dsn, "CREATE TABLE shipments_us PARTITION OF shipments FOR VALUES IN ('us')")
+    execute(dsn, "SELECT pgobs.track('shipments', 'Shipment', id_column => 'id')")
+    return dsn
+
+
+def test_an_update_that_moves_a_row_to_another_partition_is_one_update(regions: str) -> None:
+    execute(regions, "INSERT INTO shipments VALUES (1, 'eu', 'new'), (2, 'eu', 'new')")
+    execute(regions, "UPDATE shipments SET region = 'us', state = 'moved'")
+    got = events(regions)
+    assert [(e["event_type"], e["entity_id"]) for e in got] == [
+        ("INSERT", "1"),
+        ("INSERT", "2"),
+        ("UPDATE", "1"),
+        ("UPDATE", "2"),
+    ]
+    moved = got[2]
+    assert moved["old_data"] == {"id": 1, "region": "eu", "state": "new"}
+    assert moved["data"] == {"id": 1, "region": "us", "state": "moved"}
+    assert moved["changed_fields"] == ["region", "state"]
+
+
+def test_partitions_existing_and_future_are_captured_however_written(regions: str) -> None:
+    execute(regions, "CREATE TABLE shipments_asia PARTITION OF shipments FOR VALUES IN ('asia')")
+    execute(regions, "INSERT INTO shipments_asia VALUES (1, 'asia', 'new')")  # the partition
+    execute(regions, "INSERT INTO shipments VALUES (2, 'eu', 'new')")  # through the parent
+    execute(regions, "UPDATE shipments_eu SET state = 'paid'")
+    execute(regions, "UPDATE shipments SET region = 'asia' WHERE id = 2")
+    execute(regions, "DELETE FROM shipments_asia WHERE id = 1")
+    assert [(e["event_type"], e["entity_id"], e["entity_type"]) for e in events(regions)] == [
+        ("INSERT", "1", "Shipment"),
+        ("INSERT", "2", "Shipment"),
+        ("UPDATE", "2", "Shipment"),
+        ("UPDATE", "2", "Shipment"),
+        ("DELETE", "1", "Shipment"),
+    ]
+
+
+def test_moves_in_a_subpartition_and_a_dropped_move_are_captured(regions: str) -> None:
+    execute(
+        regions,
+        "CREATE TABLE shipments_ap PARTITION OF shipments FOR VALUES IN ('jp', 'kr') "
+        "PARTITION BY LIST (region)",
+    )
+    execute(regions, "CREATE TABLE shipments_jp PARTITION OF shipments_ap FOR VALUES IN ('jp')")
+    execute(regions, "CREATE TABLE shipments_kr PARTITION OF shipments_ap FOR VALUES IN ('kr')")
+    execute(regions, "SELECT pgobs.track('shipments', 'Shipment', id_column => 'id')")
+    execute(regions, "INSERT INTO shipments VALUES (1, 'jp', 'new'), (2, 'eu', 'new')")
+    execute(regions, "UPDATE shipments_ap SET region = 'kr'")  # a move inside the sub-tree
+    # A BEFORE INSERT trigger on the destination drops the moved row: the row is gone.
+    execute(
+        regions,
+        "CREATE FUNCTION drop_row() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RETURN NULL; END $$",
+    )
+    execute(
+        regions,
+        "CREATE TRIGGER drop_row BEFORE INSERT ON shipments_us "
+        "FOR EACH ROW EXECUTE FUNCTION drop_row()",
+    )
+    execute(regions, "UPDATE shipments SET region = 'us' WHERE id = 2")
+    got = [(e["event_type"], e["entity_id"]) for e in events(regions)]
+    assert got == [("INSERT", "1"), ("INSERT", "2"), ("UPDATE", "1"), ("DELETE", "2")]
+    assert events(regions)[2]["data"]["region"] == "kr"
+
+
+def test_a_partition_of_a_tracked_table_is_refused(regions: str) -> None:
+    for call in ("track", "untrack"):
+        with pytest.raises(psycopg.errors.RaiseException) as refused:
+            execute(regions, f"SELECT pgobs.{call}('shipments_eu')")
+        assert "shipments_eu is a partition of shipments, which is tracked" in str(refused.value)
+        assert "untrack shipments" in (refused.value.diag.message_hint or "")
+    execute(regions, "SELECT pgobs.untrack('shipments')")
+    execute(regions, "SELECT pgobs.track('shipments_eu', id_column => 'id')")
+    with pytest.raises(psycopg.errors.RaiseException, match="shipments_eu is tracked on its own"):
+        execute(regions, "SELECT pgobs.track('shipments', id_column => 'id')")
+    assert (
+        scalar(
+            regions,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shipments'::regclass",
+        )
+        == 0
+    )
+
+
+def test_truncating_a_partitioned_table_is_one_event(regions: str) -> None:
+    execute(regions, "INSERT INTO shipments VALUES (1, 'eu', 'new'), (2, 'us', 'new')")
+    execute(regions, "TRUNCATE shipments")
+    execute(regions, "TRUNCATE shipments_us")
+    with psycopg.connect(regions) as conn:  # the tree's mark ends with the statement
+        conn.execute("TRUNCATE shipments")
+        conn.execute("TRUNCATE shipments_eu")
+    truncates = [e["data"] for e in events(regions) if e["event_type"] == "TRUNCATE"]
+    assert truncates == [
+        {"table": "public.shipments"},
+        {"table": "public.shipments_us"},
+        {"table": "public.shipments"},
+        {"table": "public.shipments_eu"},
+    ]
+
+
+def test_untrack_removes_every_trigger_of_a_tree(regions: str) -> None:
+    count = (
+        "SELECT count(*) FROM pg_trigger t JOIN pg_partition_tree('shipments') p "
+        "ON p.relid = t.tgrelid WHERE t.tgname LIKE 'pgobs%'"
+    )
+    assert scalar(regions, count) > 0
+    execute(regions, "SELECT pgobs.untrack('shipments')")
+    assert scalar(regions, count) == 0
+
+
+def test_session_settings_cannot_hide_changes_of_a_partitioned_table(regions: str) -> None:
+    """Any role may set pgobs.* settings: a writer that imitates an UPDATE in progress or a
+    TRUNCATE of the whole tree still gets its DELETE and TRUNCATE captured."""
+    root = scalar(regions, "SELECT 'shipments'::regclass::oid")
+    execute(regions, "INSERT INTO shipments VALUES (1, 'eu', 'new')")
+    with psycopg.connect(regions) as conn:
+        for name in (f"pgobs.moving_{root}_1", f"pgobs.truncating_{root}"):
+            conn.execute("SELECT set_config(%s, 'on', false)", (name,))
+        conn.execute("SELECT set_config(%s, %s, false)", (f"pgobs.moved_{root}_1", '{"id": 9}'))
+        conn.execute("DELETE FROM shipments_eu")
+        conn.execute("INSERT INTO shipments VALUES (2, 'eu', 'new')")
+        conn.execute("TRUNCATE shipments_eu")
+    assert [(e["event_type"], e["entity_id"]) for e in events(regions)] == [
+        ("INSERT", "1"),
+        ("DELETE", "1"),
+        ("INSERT", "2"),
+        ("TRUNCATE", None),
+    ]

@@ -1,0 +1,200 @@
+"""Least privilege: the three pgobs roles, each held by a real login role, can do their job and
+get "permission denied" for the rest; no other role can forge events or attach capture."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support import Receiver, Worker, execute, pgobs_env, run_pgobs, scalar, wait_until
+
+FORGERIES = [
+    "INSERT INTO pgobs.events (entity_type, event_type, data) VALUES ('Order', 'INSERT', '{}')",
+    "SELECT pgobs.emit('Order', 'INSERT', '1', '{\"total\": 1000000}')",
+    "SELECT pgobs.track('mine', 'Order')",
+    "CREATE TRIGGER forge AFTER INSERT ON mine REFERENCING NEW TABLE AS new_rows "
+    "FOR EACH STATEMENT EXECUTE FUNCTION pgobs.capture_rows('Order', 'id')",
+    "CREATE TRIGGER forge AFTER UPDATE ON mine "
+    "FOR EACH ROW EXECUTE FUNCTION pgobs.capture_update('Order', 'id')",
+    "CREATE TRIGGER forge AFTER INSERT ON mine "
+    "FOR EACH ROW EXECUTE FUNCTION pgobs.capture_partitioned('Order', '0', 'INSERT', 'id')",
+    "CREATE TRIGGER forge BEFORE TRUNCATE ON mine "
+    "FOR EACH STATEMENT EXECUTE FUNCTION pgobs.capture_truncate('Order', '0')",
+    "SELECT pgobs.untrack('orders')",
+    "SELECT pgobs.wake_listeners()",
+    "SELECT pgobs.create_roles()",
+]
+
+
+@contextmanager
+def login_role(dsn: str, *groups: str) -> Iterator[str]:
+    """A login role of this test's own (roles are cluster-wide: a unique name, dropped after)
+    that holds ``groups`` and may create tables in public; yields a DSN that logs in as it."""
+    name = f"pgobs_login_{uuid.uuid4().hex[:10]}"
+    execute(dsn, f"CREATE ROLE {name} LOGIN")
+    try:
+        for group in groups:
+            execute(dsn, f"GRANT {group} TO {name}")
+        execute(dsn, f"GRANT CREATE, USAGE ON SCHEMA public TO {name}")
+        yield psycopg.conninfo.make_conninfo(dsn, user=name)
+    finally:
+        execute(dsn, f"DROP OWNED BY {name}")
+        execute(dsn, f"DROP ROLE {name}")
+
+
+def refused(dsn: str, statement: str) -> str:
+    """The error ``statement`` gets (run in a transaction of its own); fails if it succeeds."""
+    with psycopg.connect(dsn) as conn:
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            return type(exc).__name__
+    raise AssertionError(f"allowed: {statement}")
+
+
+def assert_cannot_forge(dsn: str) -> None:
+    execute(dsn, "CREATE TABLE mine (id int PRIMARY KEY)")
+    for statement in FORGERIES:
+        expected = "InvalidParameterValue" if "emit(" in statement else "InsufficientPrivilege"
+        if "emit(" in statement and not scalar(
+            dsn, "SELECT has_function_privilege('pgobs.emit(text,text,text,jsonb)', 'EXECUTE')"
+        ):
+            expected = "InsufficientPrivilege"
+        assert refused(dsn, statement) == expected, statement
+
+
+@pytest.fixture
+def orders(dsn: str) -> str:
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, status text, total numeric)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    return dsn
+
+
+def test_nothing_of_pgobs_is_executable_by_public(dsn: str) -> None:
+    """Every function, including those later migrations add, is revoked from PUBLIC."""
+    public = scalar(
+        dsn,
+        "SELECT array_agg(p.proname::text) FROM pg_proc p "
+        "WHERE p.pronamespace = 'pgobs'::regnamespace AND (p.proacl IS NULL OR EXISTS ("
+        "  SELECT 1 FROM aclexplode(p.proacl) AS a WHERE a.grantee = 0))",
+    )
+    assert public is None
+
+
+def test_the_application_role_emits_and_cannot_forge(orders: str) -> None:
+    with login_role(orders, "pgobs_app") as app:
+        execute(app, "SELECT pgobs.emit('User', 'signed_up', '7', '{\"plan\": \"pro\"}')")
+        assert_cannot_forge(app)
+        for table in ("events", "jobs", "dlq", "audit"):
+            assert refused(app, f"SELECT * FROM pgobs.{table}") == "InsufficientPrivilege"
+    assert scalar(orders, "SELECT array_agg(event_type) FROM pgobs.events") == ["signed_up"]
+
+
+def test_capture_needs_no_right_at_all(orders: str) -> None:
+    """The application's writes are captured without any pgobs role."""
+    with login_role(orders) as writer:
+        name = scalar(writer, "SELECT current_user")
+        execute(orders, f"GRANT INSERT, UPDATE ON orders TO {name}")
+        execute(orders, f"GRANT USAGE ON SEQUENCE orders_id_seq TO {name}")
+        execute(writer, "INSERT INTO orders (status, total) VALUES ('new', 5)")
+        assert refused(writer, "SELECT pgobs.emit('User', 'x')") == "InsufficientPrivilege"
+    assert scalar(orders, "SELECT array_agg(event_type) FROM pgobs.events") == ["INSERT"]
+
+
+def seed_dead_letter(dsn: str) -> int:
+    event_id = scalar(dsn, "SELECT pgobs.emit('Order', 'paid', '1', '{\"total\": 5}')")
+    dead: int = scalar(
+        dsn,
+        "INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, "
+        "attempts, max_attempts, last_error, error_kind, created_at) "
+        "SELECT 1, id, 'obs', 0, 'webhook', to_jsonb(e), 1, 1, 'HTTP 400', 'permanent', now() "
+        "FROM pgobs.events e WHERE id = %s RETURNING id",
+        (event_id,),
+    )
+    return dead
+
+
+def test_the_operator_role_reads_and_retries_dead_letters(orders: str) -> None:
+    dead = seed_dead_letter(orders)
+    with login_role(orders, "pgobs_operator") as operator:
+        for args in (["dlq", "list"], ["dlq", "show", str(dead)], ["dlq", "stats"]):
+            result = run_pgobs(operator, *args)
+            assert result.returncode == 0, result.stderr
+        retried = run_pgobs(operator, "dlq", "retry", str(dead))
+        assert retried.returncode == 0, retried.stderr
+        assert scalar(orders, "SELECT count(*) FROM pgobs.jobs") == 1
+        assert scalar(operator, "SELECT count(*) FROM pgobs.events") == 1
+        purged = run_pgobs(operator, "dlq", "purge", "--older-than", "1d")
+        assert purged.returncode == 0, purged.stderr
+        assert_cannot_forge(operator)
+        for statement in (
+            "UPDATE pgobs.jobs SET attempts = 0",
+            "DELETE FROM pgobs.jobs",
+            "DELETE FROM pgobs.events",
+            "UPDATE pgobs.dlq SET last_error = ''",
+            "INSERT INTO pgobs.checkpoints (listener_id) VALUES ('x')",
+        ):
+            assert refused(operator, statement) == "InsufficientPrivilege", statement
+
+
+def test_the_worker_role_runs_the_pipeline(orders: str, receiver: Receiver, tmp_path: Path) -> None:
+    """``pgobs worker`` as a role holding pgobs_worker only: fan-out, delivery, a dead letter."""
+    receiver.respond("/bad", 400)
+    config = tmp_path / "observers.yaml"
+    config.write_text(
+        f"""
+observers:
+  - name: obs-ok
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/ok"}}]
+  - name: obs-bad
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/bad"}}]
+    retry: {{max_attempts: 1}}
+"""
+    )
+    with login_role(orders, "pgobs_worker") as worker_dsn:
+        worker = Worker(
+            worker_dsn,
+            "--config",
+            str(config),
+            log_path=tmp_path / "w.log",
+            env=pgobs_env(worker_dsn),
+        )
+        try:
+            execute(orders, "INSERT INTO orders (status, total) VALUES ('paid', 10)")
+            receiver.wait_for(1, "/ok")
+            wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.dlq") == 1)
+        finally:
+            worker.stop()
+        assert "permission denied" not in worker.output()
+        assert_cannot_forge(worker_dsn)
+        for statement in ("DELETE FROM pgobs.events", "UPDATE pgobs.events SET data = '{}'"):
+            assert refused(worker_dsn, statement) == "InsufficientPrivilege", statement
+
+
+def test_a_migrating_role_without_createrole_still_migrates(empty_dsn: str) -> None:
+    """The roles are cluster-wide and exist already (the template's migration made them): a
+    migrating role that may not create roles grants them their rights in its database."""
+    name = f"pgobs_owner_{uuid.uuid4().hex[:10]}"
+    execute(empty_dsn, f"CREATE ROLE {name} LOGIN")
+    try:
+        database = scalar(empty_dsn, "SELECT current_database()")
+        execute(empty_dsn, f'GRANT CREATE ON DATABASE "{database}" TO {name}')
+        owner = psycopg.conninfo.make_conninfo(empty_dsn, user=name)
+        result = run_pgobs(owner, "migrate")
+        assert result.returncode == 0, result.stderr
+        assert scalar(
+            empty_dsn,
+            "SELECT has_function_privilege('pgobs_app', 'pgobs.emit(text,text,text,jsonb)', "
+            "'EXECUTE') AND NOT has_function_privilege('pgobs_app', 'pgobs.track(regclass,text,"
+            "text,text[])', 'EXECUTE')",
+        )
+    finally:
+        execute(empty_dsn, f"DROP OWNED BY {name}")
+        execute(empty_dsn, f"DROP ROLE {name}")
