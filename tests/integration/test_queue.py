@@ -9,6 +9,7 @@ import hmac
 import itertools
 import json
 import socket
+import time
 from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -17,7 +18,16 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.support import Receiver, Worker, execute, fetch, run_pgobs, scalar, wait_until
+from tests.support import (
+    Receiver,
+    Worker,
+    execute,
+    fetch,
+    run_pgobs,
+    scalar,
+    start_receiver,
+    wait_until,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"test-secret").decode()
 
@@ -434,3 +444,37 @@ observers:
         first.stop()
     assert scalar(db, "SELECT count(*) FROM starts") == 1  # never ran again
     assert "lease expired on the last attempt" in scalar(db, "SELECT last_error FROM pgobs.dlq")
+
+
+def test_a_hanging_endpoint_does_not_starve_a_healthy_observer(
+    db: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    """--concurrency 8 and one endpoint that hangs for its whole timeout: it fills its share of
+    the runners, not all of them, and the healthy observer's deliveries stay prompt (they once
+    waited 46 s)."""
+    hanging, stop_hanging = start_receiver()
+    hanging.delay_s = 10
+    config = f"""
+observers:
+  - name: obs-hanging
+    entity: Order
+    actions: [{{type: webhook, url: "{hanging.url}/hang", timeout_ms: 10000}}]
+  - name: obs-healthy
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/ok"}}]
+"""
+    worker = start_worker(db, tmp_path, config, "--concurrency", "8", "--grace-seconds", "1")
+    sent: dict[int, float] = {}
+    try:
+        wait_until(lambda: "is the leader" in worker.output())
+        for i in range(1, 61):
+            sent[i] = time.monotonic()
+            execute(db, "INSERT INTO orders (id, status) VALUES (%s, 'x')", (i,))
+            time.sleep(0.05)
+        got = receiver.wait_for(60, "/ok", timeout=30)
+    finally:
+        worker.stop()
+        stop_hanging()
+    waits = sorted(r.at - sent[r.json()["data"]["id"]] for r in got)
+    assert waits[int(len(waits) * 0.99) - 1] < 1.0, waits[-5:]
+    assert hanging.max_in_flight <= 6
