@@ -30,6 +30,7 @@ from pgobs.actions.specs import (
     SlackSpec,
     WebhookSpec,
     action_type,
+    target_of,
 )
 from pgobs.actions.threads import ThreadRunner
 from pgobs.actions.webhook import send_webhook
@@ -70,6 +71,7 @@ class ActionExecutor:
         self.http = http
         self.threads = threads
         self._children: dict[str, tuple[Histogram, Counter]] = {}
+        self._targets: dict[tuple[str, str], str] = {}
 
     def action_keys(self) -> list[str]:
         """``observer/action`` of every action this executor can run."""
@@ -88,6 +90,18 @@ class ActionExecutor:
     def shortest_timeout_s(self) -> float:
         timeouts = [a.timeout_ms for obs in self.observers.values() for a in obs.actions]
         return min(timeouts, default=10_000) / 1000
+
+    def target(self, call: ActionCall) -> str:
+        """What the action calls (see ``target_of``): runners limit how many run at once."""
+        key = (call.observer, call.action)
+        target = self._targets.get(key)
+        if target is None:
+            found = self._spec(call)
+            target = self._targets[key] = target_of(found[1]) if found else ""
+        return target
+
+    def targets(self) -> set[str]:
+        return {target_of(a) for obs in self.observers.values() for a in obs.actions}
 
     def runs_in_thread(self, call: ActionCall) -> bool:
         """Whether the action is a sync handler, whose thread outlives a timeout."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pgobs.actions.handler_source import HandlerNotFound, find_handler
 from pgobs.config.egress import DEFAULT_EGRESS, EgressPolicy
@@ -101,6 +102,22 @@ ActionSpec = WebhookSpec | SlackSpec | EmailSpec | DatabaseSpec | LogSpec | Pyth
 
 def action_type(spec: ActionSpec) -> str:
     return _TYPE_OF[type(spec)]
+
+
+def target_of(spec: ActionSpec) -> str:
+    """What an action calls, for per-target limits: a URL's origin (scheme, host, port), an SMTP
+    server, a SQL function, a handler; the type for actions that call nothing outside."""
+    if isinstance(spec, WebhookSpec | SlackSpec):
+        url = urlsplit(spec.url if isinstance(spec, WebhookSpec) else spec.webhook_url)
+        host = url.hostname or ""
+        return f"{url.scheme}://{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    if isinstance(spec, EmailSpec):
+        return f"smtp://{spec.host}:{spec.port}"
+    if isinstance(spec, DatabaseSpec):
+        return "sql:" + ".".join(spec.function)
+    if isinstance(spec, PythonSpec):
+        return "python:" + spec.handler_name
+    return action_type(spec)
 
 
 def derived_name(spec: ActionSpec) -> str:

@@ -35,6 +35,7 @@ class Producer:
         self,
         store: JobStore,
         completer: Completer,
+        aside: Callable[[], int],
         jobs_bell: Doorbell,
         claimable: Callable[[], list[str]],
         *,
@@ -45,6 +46,7 @@ class Producer:
     ) -> None:
         self.store = store
         self.completer = completer
+        self.aside = aside  # held jobs waiting for their observer's or target's share
         self.jobs_bell = jobs_bell
         self.claimable = claimable
         self.concurrency = concurrency
@@ -87,7 +89,9 @@ class Producer:
     def _room(self) -> int:
         """How many jobs to claim now (0: not yet worth a round trip)."""
         target = self.concurrency + min(self.prefetch_cap, int(self._rate * PREFETCH_S))
-        room = target - len(self.completer.held)
+        # Jobs set aside wait for a full observer or target, whose jobs are no longer claimed:
+        # they must not use up the room that other observers' jobs need.
+        room = target - (len(self.completer.held) - self.aside())
         if not self._job_bytes:
             room = min(room, FIRST_CLAIM)  # row sizes unknown yet: start small
         else:

@@ -3,8 +3,8 @@
 No task and no cancel scope per job: each runner keeps one scope, which the watchdog cancels when
 its job passes its deadline (or the completer, when the job's lease is lost; or shutdown, when
 the grace period ends); then a fresh scope takes over. An observer may fill at most its share of
-the runners, so one hanging endpoint cannot starve the others: its surplus jobs wait aside, and
-the producer claims none of its jobs while it is full.
+the runners, and so may a target (a webhook's origin, an SMTP server): one hanging endpoint cannot
+starve the others. Surplus jobs wait aside, and the producer claims none of a full observer's.
 """
 
 from __future__ import annotations
@@ -54,12 +54,16 @@ class Runners:
         *,
         concurrency: int,
         shares: Mapping[str, int],
+        target_share: int,
         grace_s: float,
     ) -> None:
         self.executor = executor
         self.completer = completer
         self.concurrency = concurrency
         self.shares = shares  # observer -> how many runners it may fill at once
+        self.target_share = target_share  # how many runners one target may fill at once
+        self._busy_targets: collections.Counter[str] = collections.Counter()
+        self._aside_targets: collections.Counter[str] = collections.Counter()
         self.grace_s = grace_s
         self.stopping = anyio.Event()
         self._slots: list[_Slot] = []
@@ -67,10 +71,18 @@ class Runners:
         self._aside: dict[str, collections.deque[Job]] = collections.defaultdict(collections.deque)
         metrics.jobs_in_flight.set_function(lambda: sum(self._busy.values()))
 
-    def full(self, observer: str) -> bool:
-        """Whether ``observer`` fills its share (counting its jobs waiting aside)."""
+    def full(self, observer: str, target: str) -> bool:
+        """Whether jobs of ``observer`` calling ``target`` would only wait aside now: either
+        fills its share, counting the jobs already waiting for it."""
         waiting = self._aside.get(observer)
-        return self._busy[observer] + (len(waiting) if waiting else 0) >= self._share(observer)
+        return (
+            self._busy[observer] + (len(waiting) if waiting else 0) >= self._share(observer)
+            or self._busy_targets[target] + self._aside_targets[target] >= self.target_share
+        )
+
+    @property
+    def waiting_aside(self) -> int:
+        return sum(self._aside_targets.values())
 
     def _share(self, observer: str) -> int:
         return self.shares.get(observer, self.concurrency)
@@ -112,25 +124,36 @@ class Runners:
                 self._stopped_early(slot)
 
     def _admit(self, job: Job) -> bool:
-        """Start ``job`` now, or set it aside while its observer fills its share."""
-        if self._busy[job.observer] >= self._share(job.observer):
+        """Start ``job`` now, or set it aside while its observer or target fills its share."""
+        if not self._may_start(job):
             self._aside[job.observer].append(job)
+            self._aside_targets[self.executor.target(job)] += 1
             return False
         return True
+
+    def _may_start(self, job: Job) -> bool:
+        return (
+            self._busy[job.observer] < self._share(job.observer)
+            and self._busy_targets[self.executor.target(job)] < self.target_share
+        )
 
     def _next_aside(self, observer: str | None) -> Job | None:
         """A job set aside that may start now: ``observer``'s first, as its run just ended."""
         names = [observer] if observer is not None else []
         for name in [*names, *self._aside]:
             waiting = self._aside.get(name)
-            if waiting and self._busy[name] < self._share(name):
-                return waiting.popleft()
+            if waiting and self._may_start(waiting[0]):
+                job = waiting.popleft()
+                self._aside_targets[self.executor.target(job)] -= 1
+                return job
         return None
 
     async def _run(self, slot: _Slot, job: Job) -> None:
         if not self.completer.start(job, lambda: slot.stop(job, "lost")):
             return
+        target = self.executor.target(job)
         self._busy[job.observer] += 1
+        self._busy_targets[target] += 1
         slot.deadline = anyio.current_time() + self.executor.timeout_s(job)
         slot.job = job
         try:
@@ -138,6 +161,7 @@ class Runners:
         finally:
             slot.job = None
             self._busy[job.observer] -= 1
+            self._busy_targets[target] -= 1
         slot.stopped = None  # finished after all (it swallowed the cancel)
         self.completer.finish(job, failure)
 

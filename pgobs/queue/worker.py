@@ -46,12 +46,23 @@ class WorkerSettings:
     def prefetch_cap(self) -> int:
         return self.max_prefetch or max(self.concurrency * 16, 512)
 
-    def default_share(self, observers: int) -> int:
-        """Runners one observer may fill by default: all but a quarter (at least one), kept for
-        the other observers, if there are any."""
-        if observers == 1:
+    def default_share(self, others: int) -> int:
+        """Runners one observer (or target) may fill by default: all but a quarter (at least
+        one), kept for the others, if there are any."""
+        if others <= 1:
             return self.concurrency
         return max(1, self.concurrency - max(1, self.concurrency // 4))
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """An action named without a job, to ask the executor about it."""
+
+    observer: str
+    action: str
+    event: None = None
+    attempt: int = 0
+    idempotency_key: str = ""
 
 
 class WorkerPool:
@@ -117,16 +128,22 @@ class WorkerPool:
                     )
                     for obs in self.config.observers
                 },
+                target_share=s.default_share(len(executor.targets())),
                 grace_s=s.grace_s,
             )
-            keys = executor.action_keys()
+            keys = [
+                (key, observer, executor.target(_Call(observer, action)))
+                for key in executor.action_keys()
+                for observer, action in [key.split("/", 1)]
+            ]
 
             def claimable() -> list[str]:
-                return [k for k in keys if not runners.full(k.split("/", 1)[0])]
+                return [key for key, obs, target in keys if not runners.full(obs, target)]
 
             producer = Producer(
                 store,
                 completer,
+                lambda: runners.waiting_aside,
                 self.doorbell,
                 claimable,
                 concurrency=s.concurrency,
@@ -141,7 +158,8 @@ class WorkerPool:
             async with anyio.create_task_group() as service:
                 service.start_soon(completer.run)
                 service.start_soon(completer.keep_leases, s.lease_s / 3)
-                service.start_soon(Maintenance(store, self.doorbell, keys, s.lease_s).run)
+                action_keys = [key for key, _, _ in keys]
+                service.start_soon(Maintenance(store, self.doorbell, action_keys, s.lease_s).run)
                 async with anyio.create_task_group() as work:
                     work.start_soon(producer.run, send, self._stopping)
                     work.start_soon(runners.run, receive)

@@ -478,3 +478,34 @@ observers:
     waits = sorted(r.at - sent[r.json()["data"]["id"]] for r in got)
     assert waits[int(len(waits) * 0.99) - 1] < 1.0, waits[-5:]
     assert hanging.max_in_flight <= 6
+
+
+def test_a_hanging_target_shared_by_two_observers_fills_only_its_share(
+    db: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Two observers call one hanging host: the limit is per target too, so a third observer
+    calling elsewhere still gets runners."""
+    hanging, stop_hanging = start_receiver()
+    hanging.delay_s = 5
+    config = f"""
+observers:
+  - name: obs-a
+    entity: Order
+    actions: [{{type: webhook, url: "{hanging.url}/a", timeout_ms: 5000}}]
+  - name: obs-b
+    entity: Order
+    actions: [{{type: webhook, url: "{hanging.url}/b", timeout_ms: 5000}}]
+  - name: obs-healthy
+    entity: Order
+    actions: [{{type: webhook, url: "{receiver.url}/ok"}}]
+"""
+    worker = start_worker(db, tmp_path, config, "--concurrency", "8", "--grace-seconds", "1")
+    try:
+        wait_until(lambda: "is the leader" in worker.output())
+        execute(db, "INSERT INTO orders (status) SELECT 'x' FROM generate_series(1, 20)")
+        wait_until(lambda: hanging.in_flight >= 6)
+        receiver.wait_for(20, "/ok", timeout=4)  # before any hanging call could end
+        assert hanging.max_in_flight <= 6
+    finally:
+        worker.stop()
+        stop_hanging()
