@@ -264,25 +264,30 @@ class Listener:
 
     async def _heartbeat_loop(self) -> None:
         conn: Connection | None = None
-        while True:
-            try:
-                if conn is None or conn.closed:
-                    conn = await connect(self.dsn, autocommit=True)
-                lag = (0, 0.0)
-                if self.is_leader:
-                    lag = await self._measure_lag(conn)
-                    await conn.execute(
-                        query("retire_stale_listeners"),
-                        {**self._labels, "instance_id": self.instance_id},
-                    )
-                metrics.listener_lag_events.labels(**self._labels).set(lag[0])
-                await self._write_heartbeat(lag, conn)
-            except Exception as exc:
-                log.warning("listener heartbeat failed (%s)", exc)
-                if conn is not None:
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await connect(self.dsn, autocommit=True)
+                    lag = (0, 0.0)
+                    if self.is_leader:
+                        lag = await self._measure_lag(conn)
+                        await conn.execute(
+                            query("retire_stale_listeners"),
+                            {**self._labels, "instance_id": self.instance_id},
+                        )
+                    metrics.listener_lag_events.labels(**self._labels).set(lag[0])
+                    await self._write_heartbeat(lag, conn)
+                except Exception as exc:
+                    log.warning("listener heartbeat failed (%s)", exc)
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+                await anyio.sleep(self.settings.heartbeat_s)
+        finally:
+            if conn is not None:  # cancelled: the process stops or the listener does
+                with anyio.CancelScope(shield=True):
                     await conn.close()
-                conn = None
-            await anyio.sleep(self.settings.heartbeat_s)
 
     async def _measure_lag(self, conn: Connection) -> tuple[int, float]:
         """Committed events not fanned out yet and the oldest one's age; and whoever holds
