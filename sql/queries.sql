@@ -117,7 +117,8 @@ SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float
 
 -- name: open_event_writers
 -- Open transactions, in this database, that have written events (they hold RowExclusiveLock
--- on pgobs.events): their events go out when they commit. Prepared ones have no backend.
+-- on pgobs.events): their events go out when they commit. Prepared ones have no backend. The
+-- start of another role's transaction is visible only with pg_read_all_stats.
 SELECT coalesce(a.pid::text, 'none (prepared as ' || quote_literal(p.gid) || ')'),
        current_database(), t.transactionid::text,
        extract(epoch FROM now() - coalesce(a.xact_start, p.prepared))::float8,
@@ -131,6 +132,7 @@ WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.granted
   AND r.relation = 'pgobs.events'::regclass
   AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND r.pid IS DISTINCT FROM pg_backend_pid()
+  AND coalesce(a.xact_start, p.prepared) IS NOT NULL
 ORDER BY 4 DESC
 
 -- name: track_table
