@@ -12,7 +12,6 @@ import psycopg
 import pytest
 
 from tests.inprocess import InProcessListener
-from tests.integration.test_capture import notifications_before_marker
 from tests.support import Worker, execute, scalar, wait_until
 
 POLL_S = 30.0  # any wait for the poll shows as a timeout below
@@ -32,6 +31,20 @@ def orders(dsn: str) -> str:
     execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, status text)")
     execute(dsn, "SELECT pgobs.track('orders', 'Order')")
     return dsn
+
+
+def notifications_before_marker(dsn: str, write: str) -> list[str]:
+    """Payloads on pgobs_events from ``write``, up to a marker sent after it (commit order)."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgobs_events")
+        execute(dsn, write)
+        execute(dsn, "NOTIFY pgobs_events, 'marker'")
+        got = []
+        for note in listener.notifies(timeout=5):
+            if note.payload == "marker":
+                return got
+            got.append(note.payload)
+    raise AssertionError("the marker never arrived")
 
 
 def job_for(dsn: str, event_id: int) -> bool:
