@@ -277,6 +277,7 @@ class Listener:
                             {**self._labels, "instance_id": self.instance_id},
                         )
                     metrics.listener_lag_events.labels(**self._labels).set(lag[0])
+                    metrics.listener_lag_seconds.labels(**self._labels).set(lag[1])
                     await self._write_heartbeat(lag, conn)
                 except Exception as exc:
                     log.warning("listener heartbeat failed (%s)", exc)
@@ -295,7 +296,6 @@ class Listener:
         cur = await conn.execute(query("listener_lag"), self._labels)
         row = await cur.fetchone()
         lag = (int(row[0]), float(row[1])) if row else (0, 0.0)
-        metrics.listener_lag_seconds.labels(**self._labels).set(lag[1])
         await self._check_open_writers(conn)
         return lag
 
