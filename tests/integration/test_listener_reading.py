@@ -16,7 +16,7 @@ import pytest
 from pgobs.config.loader import parse_config
 from pgobs.db.connect import connect
 from pgobs.db.migrate import migrate
-from pgobs.db.sqlfiles import migration_files
+from pgobs.db.sqlfiles import migration_files, query
 from pgobs.listener.listener import Checkpoint, Listener, ListenerSettings
 from pgobs.listener.notifier import Doorbell
 from pgobs.observability import metrics
@@ -265,3 +265,39 @@ def read_cost(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[int, float]
     root = plan[0][0]
     buffers = root["Plan"]["Shared Hit Blocks"] + root["Plan"]["Shared Read Blocks"]
     return int(buffers), float(root["Execution Time"])
+
+
+def test_lag_counts_committed_events_not_yet_fanned_out(orders: str) -> None:
+    """Lag follows the checkpoint through a half-drained slice; an open transaction's events
+    are not lag until it commits."""
+    config, _ = parse_config(ALL_ORDERS, "test")
+    assert config is not None
+    listener = Listener(orders, config, Doorbell(), ListenerSettings(batch_size=2))
+
+    def lag() -> tuple[int, float]:
+        row = fetch(orders, query("listener_lag"), {"listener_id": "default"})[0]
+        return int(row[0]), float(row[1])
+
+    async def one_batch() -> int:
+        conn = await connect(orders, autocommit=True)
+        try:
+            checkpoint = await listener._load_checkpoint(conn)
+            return await listener._fan_out_batch(conn, checkpoint)
+        finally:
+            await conn.close()
+
+    with psycopg.connect(orders) as held:
+        held.execute("INSERT INTO orders (status) VALUES ('held')")
+        execute(orders, "INSERT INTO orders (status) SELECT 'new' FROM generate_series(1, 5)")
+        time.sleep(0.3)
+        count, age = lag()
+        assert count == 5 and age >= 0.3
+        assert anyio.run(one_batch) == 2
+        assert scalar(orders, "SELECT target IS NOT NULL FROM pgobs.checkpoints")
+        assert lag()[0] == 3
+        held.commit()
+    assert lag()[0] == 4
+    while anyio.run(one_batch):
+        pass
+    assert lag() == (0, 0.0)
+    assert scalar(orders, JOBS) == 6
