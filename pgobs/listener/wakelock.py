@@ -63,9 +63,9 @@ class WakeLock:
         await conn.execute(query("wake_lock_session_settings"))
         while True:
             await self._until(True)
-            # Waits for writers that skipped NOTIFY (each is announced when its transaction
-            # ends); meanwhile every writer's try fails against the waiting request, so they
-            # notify.
+            # Waits until every writer that skipped NOTIFY has ended, then notifies (the idle
+            # leader reads every UNANNOUNCED_POLL_S meanwhile); every writer's try fails
+            # against the waiting request, so new writers notify.
             await conn.execute(query("take_wake_lock"))
             self.held = True
             await self._until(False)
