@@ -636,6 +636,11 @@ BEGIN
     GRANT DELETE ON pgobs.dlq TO pgobs_operator;
 
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgobs TO pgobs_worker;
+    -- The listener reads events through these (0004).
+    GRANT EXECUTE ON FUNCTION
+        pgobs.slice_events(pg_snapshot, pg_snapshot, xid8, bigint, integer),
+        pgobs.read_events(pg_snapshot, pg_snapshot, xid8, bigint, integer, bigint)
+        TO pgobs_worker;
     REVOKE INSERT, UPDATE, DELETE ON pgobs.events FROM pgobs_worker;
     REVOKE ALL ON pgobs.capture_state FROM pgobs_worker;
     REVOKE INSERT, UPDATE, DELETE ON pgobs.schema_migrations FROM pgobs_worker;

@@ -31,20 +31,22 @@ SET synchronous_commit = off; SET enable_seqscan = off; SET enable_sort = off
 SELECT pg_try_advisory_lock(2024061501, hashtext(%(listener_id)s))
 
 -- name: load_checkpoint
-SELECT txid::text::bigint, event_id FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s
+SELECT snapshot::text, target::text, last_txid::text::bigint, event_id
+FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s
 
 -- name: fetch_committed_events
--- Events whose transaction has ended (txid below the snapshot's xmin), after the checkpoint,
--- in commit-safe order. A lower id that commits late still has txid >= xmin until it commits.
--- Names are qualified: a bare "ORDER BY txid" would sort by the bigint output column, not the
--- indexed xid8 one, and read the whole table.
-SELECT e.id, e.txid::text::bigint AS txid_number, e.entity_type, e.entity_id, e.event_type,
-       e.data, e.old_data, e.changed_fields, e.tenant, e.actor, e.created_at
-FROM pgobs.events AS e
-WHERE (e.txid, e.id) > (%(txid)s::text::xid8, %(event_id)s)
-  AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
-ORDER BY e.txid, e.id
-LIMIT %(limit)s
+-- The next batch of the slice from the checkpoint's snapshot to `target` (the current snapshot
+-- when no slice is being drained; returned in every row): events whose transaction committed
+-- since, however old the oldest open transaction is (pgobs.slice_events, pgobs.read_events in
+-- 0004). One row with NULL event columns when the slice is empty.
+WITH s AS MATERIALIZED (
+    SELECT %(snapshot)s::text::pg_snapshot AS prev,
+           coalesce(%(target)s::text::pg_snapshot, pg_current_snapshot()) AS cur
+)
+SELECT s.cur::text, r.id, r.txid::text::bigint, r.entity_type, r.entity_id, r.event_type,
+       r.data, r.old_data, r.changed_fields, r.tenant, r.actor, r.created_at, r.size
+FROM s LEFT JOIN LATERAL pgobs.read_events(
+    s.prev, s.cur, %(txid)s::text::xid8, %(event_id)s, %(limit)s, %(max_bytes)s) AS r ON true
 
 -- name: fan_out
 -- One batch's whole write, as one statement on the leader's session (atomic; one round trip):
@@ -64,11 +66,14 @@ WITH new_jobs AS (
         %(audit_entity_ids)s::text[], %(audit_event_types)s::text[],
         %(audit_messages)s::text[]) AS a
 ), saved AS (
-    INSERT INTO pgobs.checkpoints (listener_id, txid, event_id, last_processed_at, updated_at)
-    VALUES (%(listener_id)s, %(txid)s::text::xid8, %(event_id)s, %(last_processed_at)s, now())
+    INSERT INTO pgobs.checkpoints (listener_id, snapshot, target, last_txid, event_id,
+                                   last_processed_at, updated_at)
+    VALUES (%(listener_id)s, %(snapshot)s::text::pg_snapshot, %(target)s::text::pg_snapshot,
+            %(txid)s::text::xid8, %(event_id)s, %(last_processed_at)s, now())
     ON CONFLICT (listener_id) DO UPDATE
-    SET txid = EXCLUDED.txid, event_id = EXCLUDED.event_id,
-        last_processed_at = EXCLUDED.last_processed_at, updated_at = now()
+    SET snapshot = EXCLUDED.snapshot, target = EXCLUDED.target, last_txid = EXCLUDED.last_txid,
+        event_id = EXCLUDED.event_id, last_processed_at = EXCLUDED.last_processed_at,
+        updated_at = now()
     RETURNING 1
 )
 SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
@@ -93,17 +98,46 @@ WHERE listener_id = %(listener_id)s AND instance_id <> %(instance_id)s
   AND state <> 'stopped' AND last_heartbeat < now() - interval '10 seconds'
 
 -- name: listener_lag
--- Events committed but not yet fanned out (capped), and the age of the oldest one.
-SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM (
+-- Committed events not yet fanned out (capped), and the age of the oldest one: the rest of the
+-- slice being drained, then everything committed since its target (or since the snapshot).
+WITH cp AS MATERIALIZED (
+    SELECT coalesce(c.snapshot, '3:3:') AS snapshot, c.target,
+           CASE WHEN c.target IS NULL THEN '0' ELSE c.last_txid END AS txid,
+           CASE WHEN c.target IS NULL THEN 0 ELSE c.event_id END AS event_id,
+           pg_current_snapshot() AS cur
+    FROM (SELECT 1) AS one
+    LEFT JOIN pgobs.checkpoints AS c ON c.listener_id = %(listener_id)s
+), pending AS (
     SELECT e.created_at
-    FROM pgobs.events e
-    WHERE (e.txid, e.id) > (
-        coalesce((SELECT txid FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s), '0'),
-        coalesce((SELECT event_id FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s), 0))
-    ORDER BY e.txid, e.id
+    FROM cp, pgobs.slice_events(cp.snapshot, coalesce(cp.target, cp.cur), cp.txid, cp.event_id,
+                                100000) AS e
+    UNION ALL
+    SELECT e.created_at
+    FROM cp, pgobs.slice_events(cp.target, cp.cur, '0', 0, 100000) AS e
+    WHERE cp.target IS NOT NULL
     LIMIT 100000
-) AS pending
+)
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM pending
+
+-- name: open_event_writers
+-- Open transactions, in this database, that have written events (they hold RowExclusiveLock
+-- on pgobs.events): their events go out when they commit. Prepared ones have no backend. The
+-- start of another role's transaction is visible only with pg_read_all_stats.
+SELECT coalesce(a.pid::text, 'none (prepared as ' || quote_literal(p.gid) || ')'),
+       current_database(), t.transactionid::text,
+       extract(epoch FROM now() - coalesce(a.xact_start, p.prepared))::float8,
+       coalesce(a.application_name, '')
+FROM pg_locks AS r
+JOIN pg_locks AS t
+  ON t.locktype = 'transactionid' AND t.virtualtransaction = r.virtualtransaction AND t.granted
+LEFT JOIN pg_stat_activity AS a ON a.pid = r.pid
+LEFT JOIN pg_prepared_xacts AS p ON p.transaction::text = t.transactionid::text
+WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.granted
+  AND r.relation = 'pgobs.events'::regclass
+  AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND r.pid IS DISTINCT FROM pg_backend_pid()
+  AND coalesce(a.xact_start, p.prepared) IS NOT NULL
+ORDER BY 4 DESC
 
 -- name: track_table
 SELECT pgobs.track(%(table)s::regclass, %(entity)s, %(id_column)s)
@@ -395,8 +429,15 @@ WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = 
 DELETE FROM pgobs.dlq
 WHERE failed_at < now() - %(age)s AND (%(observer)s::text IS NULL OR observer = %(observer)s)
 
--- name: set_waiting
--- The leader says whether it waits for a wake-up (see pgobs.listener_wakeups in 0001).
-INSERT INTO pgobs.listener_wakeups (listener_id, waiting, updated_at)
-VALUES (%(listener_id)s, %(waiting)s, now())
-ON CONFLICT (listener_id) DO UPDATE SET waiting = EXCLUDED.waiting, updated_at = now()
+-- name: wake_lock_session_settings
+-- The wake-up lock's session waits as long as writers that skipped NOTIFY stay open.
+SET lock_timeout = 0; SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0
+
+-- name: take_wake_lock
+-- The leader waits: hold the wake-up lock (see pgobs.wake_listeners in 0004), which waits for
+-- every writer that found it free and skipped NOTIFY to end, then wake every leader once.
+SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
+
+-- name: release_wake_lock
+-- The leader reads on: writers may skip NOTIFY.
+SELECT pg_advisory_unlock_all()

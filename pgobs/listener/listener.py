@@ -26,12 +26,17 @@ from pgobs.db.sqlfiles import query
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
 from pgobs.listener.notifier import Doorbell
+from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
 
 log = logging.getLogger("pgobs.listener")
 
 FIRST_IDLE_WAIT_S = 0.001
+# While writers that skipped NOTIFY are still open, the wake-up lock is not back yet and the
+# idle leader reads this often at the least (see WakeLock).
+UNANNOUNCED_POLL_S = 0.1
 BUSY_BATCH = 8  # a batch this large means writers outpace us: stop asking them for wake-ups
+NOTHING_FANNED_OUT = "3:3:"  # the snapshot in which no transaction is visible
 
 State = Literal["initializing", "connecting", "running", "recovering", "stopped"]
 
@@ -43,12 +48,32 @@ class ListenerSettings:
     poll_interval_s: float = 0.5
     leader_retry_s: float = 0.25
     heartbeat_s: float = 1.0
+    batch_bytes: int = 32 * 1024 * 1024  # past its first row, a batch holds at most this much data
+    open_writer_warn_s: float = 60.0  # warn about a transaction holding events back this long
 
 
 @dataclass(slots=True)
 class Checkpoint:
+    """What has been fanned out, as PgQ keeps it: every event whose transaction is visible in
+    ``snapshot``, plus, while a slice is drained, the events visible in ``target`` and not in
+    ``snapshot`` up to (``txid``, ``event_id``) in (txid, id) order. A new snapshot is taken
+    only once the slice is drained, so a batch that cannot take everything loses and doubles
+    nothing."""
+
+    snapshot: str = NOTHING_FANNED_OUT
+    target: str | None = None
     txid: int = 0
     event_id: int = 0
+
+    def position(self) -> dict[str, Any]:
+        """The read's parameters: within the target's slice, after the last event taken."""
+        inside = self.target is not None
+        return {
+            "snapshot": self.snapshot,
+            "target": self.target,
+            "txid": self.txid if inside else 0,
+            "event_id": self.event_id if inside else 0,
+        }
 
 
 class Listener:
@@ -69,6 +94,7 @@ class Listener:
         self.events_processed = 0
         self.became_leader = anyio.Event()
         self._labels = {"listener_id": self.settings.listener_id}
+        self._warned_writers: set[str] = set()  # transaction ids already named in a warning
 
     # -- the candidate loop ----------------------------------------------------------------
 
@@ -135,76 +161,94 @@ class Listener:
         self._set_state("running", leader=True)
         self.became_leader.set()
         log.info("listener %s is the leader (%s)", self.settings.listener_id, self.instance_id)
-        waiting = await self._set_waiting(conn, True)
+        wake = WakeLock(self.dsn)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wake.run)
+                await self._fan_out_loop(conn, checkpoint, wake)
+        except BaseExceptionGroup as group:
+            # WakeLock.run never raises: the loop's own error, for _candidate_loop to handle.
+            raise group.exceptions[0] from None
+
+    async def _fan_out_loop(self, conn: Connection, checkpoint: Checkpoint, wake: WakeLock) -> None:
         idle_wait = FIRST_IDLE_WAIT_S
         while True:
             fetched = await self._fan_out_batch(conn, checkpoint)
             if fetched:
                 idle_wait = FIRST_IDLE_WAIT_S
-                if waiting and fetched >= BUSY_BATCH:
+                if fetched >= BUSY_BATCH:
                     # Events arrive faster than one at a time: read on unwoken, since every
                     # NOTIFY costs its writer a cluster-wide lock at commit.
-                    waiting = await self._set_waiting(conn, False)
+                    wake.want(False)
                 continue
-            if not waiting:
-                waiting = await self._set_waiting(conn, True)
-                continue  # read once more: a writer may have seen us busy an instant ago
-            # Nothing to read. Back off from 1 ms to the poll interval, starting over on every
-            # wake-up: an event can be committed yet invisible (an older transaction holds the
-            # snapshot's xmin back), or its writer saw us busy; neither sends a notification.
+            wake.want(True)
+            if wake.held:
+                # Every commit from now on is announced (WakeLock): sleep until one is.
+                await self.doorbell.wait(self.settings.poll_interval_s)
+                continue
+            # Writers that skipped NOTIFY are still open. Taking the lock back announces them
+            # all once the last has ended; until then read often, so that one that ends early
+            # does not wait for one that stays open.
             rung = await self.doorbell.wait(idle_wait)
-            idle_wait = (
-                FIRST_IDLE_WAIT_S if rung else min(idle_wait * 2, self.settings.poll_interval_s)
-            )
-
-    async def _set_waiting(self, conn: Connection, waiting: bool) -> bool:
-        params = {"listener_id": self.settings.listener_id, "waiting": waiting}
-        await conn.execute(query("set_waiting"), params)
-        return waiting
+            idle_wait = FIRST_IDLE_WAIT_S if rung else min(idle_wait * 2, UNANNOUNCED_POLL_S)
 
     async def _load_checkpoint(self, conn: Connection) -> Checkpoint:
         cur = await conn.execute(query("load_checkpoint"), self._labels)
         row = await cur.fetchone()
-        return Checkpoint(txid=row[0], event_id=row[1]) if row else Checkpoint()
+        if row is None:
+            return Checkpoint()
+        return Checkpoint(snapshot=row[0], target=row[1], txid=row[2], event_id=row[3])
 
     # -- one batch, one transaction ---------------------------------------------------------
 
     async def _fan_out_batch(self, conn: Connection, checkpoint: Checkpoint) -> int:
-        """Read committed events after the checkpoint; write their jobs, audit rows and the new
-        checkpoint in one statement. Returns how many events were read.
+        """Read the slice's next events; write their jobs, audit rows and the new checkpoint in
+        one statement. Returns how many events were read.
 
-        Two round trips a batch. The read needs no transaction of its own: the events it sees
-        have committed and never change, and the write is atomic on the session that holds
-        the leader lock, so a leader that lost its session writes nothing.
+        Two round trips a batch. The read needs no transaction of its own: the events it
+        returns belong to transactions visible in the target snapshot, which have committed and
+        never change, and the write is atomic on the session that holds the leader lock, so a
+        leader that lost its session writes nothing.
         """
         started = time.perf_counter()
         cur = await conn.execute(
             query("fetch_committed_events"),
             {
-                "txid": checkpoint.txid,
-                "event_id": checkpoint.event_id,
+                **checkpoint.position(),
                 "limit": self.settings.batch_size,
+                "max_bytes": self.settings.batch_bytes,
             },
         )
         rows = await cur.fetchall()
-        if not rows:
+        target: str = rows[0][0]
+        if rows[0][1] is None:
+            # The slice is drained: what is visible in the target has all been fanned out.
+            # Kept in memory only; read from the stored checkpoint, the slice is empty too.
+            checkpoint.snapshot, checkpoint.target = target, None
             return 0
         events = [_event(row) for row in rows]
+        size = sum(row[-1] for row in rows)
+        drained = len(rows) < self.settings.batch_size and size < self.settings.batch_bytes
         plan = plan_fanout(events, self.index)
         last = events[-1]
+        after = (target, None) if drained else (checkpoint.snapshot, target)
         await conn.execute(
             query("fan_out"),
             {
                 **plan.params(),
                 "listener_id": self.settings.listener_id,
+                "snapshot": after[0],
+                "target": after[1],
                 "txid": last.txid,
                 "event_id": last.id,
                 "last_processed_at": last.created_at,
             },
         )
+        checkpoint.snapshot, checkpoint.target = after
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
         self.events_processed += len(events)
         metrics.events_processed.labels(**self._labels).inc(len(events))
+        metrics.listener_batch_bytes.observe(size)
         for observer, count in Counter(plan.observers).items():
             metrics.jobs_created.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
@@ -220,30 +264,63 @@ class Listener:
 
     async def _heartbeat_loop(self) -> None:
         conn: Connection | None = None
-        while True:
-            try:
-                if conn is None or conn.closed:
-                    conn = await connect(self.dsn, autocommit=True)
-                lag = (0, 0.0)
-                if self.is_leader:
-                    lag = await self._measure_lag(conn)
-                    await conn.execute(
-                        query("retire_stale_listeners"),
-                        {**self._labels, "instance_id": self.instance_id},
-                    )
-                metrics.listener_lag_events.labels(**self._labels).set(lag[0])
-                await self._write_heartbeat(lag, conn)
-            except Exception as exc:
-                log.warning("listener heartbeat failed (%s)", exc)
-                if conn is not None:
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await connect(self.dsn, autocommit=True)
+                    lag = (0, 0.0)
+                    if self.is_leader:
+                        lag = await self._measure_lag(conn)
+                        await conn.execute(
+                            query("retire_stale_listeners"),
+                            {**self._labels, "instance_id": self.instance_id},
+                        )
+                    metrics.listener_lag_events.labels(**self._labels).set(lag[0])
+                    metrics.listener_lag_seconds.labels(**self._labels).set(lag[1])
+                    await self._write_heartbeat(lag, conn)
+                except Exception as exc:
+                    log.warning("listener heartbeat failed (%s)", exc)
+                    if conn is not None:
+                        await conn.close()
+                    conn = None
+                await anyio.sleep(self.settings.heartbeat_s)
+        finally:
+            if conn is not None:  # cancelled: the process stops or the listener does
+                with anyio.CancelScope(shield=True):
                     await conn.close()
-                conn = None
-            await anyio.sleep(self.settings.heartbeat_s)
 
     async def _measure_lag(self, conn: Connection) -> tuple[int, float]:
+        """Committed events not fanned out yet and the oldest one's age; and whoever holds
+        events back by staying open, named in a warning."""
         cur = await conn.execute(query("listener_lag"), self._labels)
         row = await cur.fetchone()
-        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+        lag = (int(row[0]), float(row[1])) if row else (0, 0.0)
+        await self._check_open_writers(conn)
+        return lag
+
+    async def _check_open_writers(self, conn: Connection) -> None:
+        cur = await conn.execute(query("open_event_writers"))
+        writers = await cur.fetchall()
+        oldest = writers[0][3] if writers else 0.0
+        metrics.listener_open_writer_seconds.labels(**self._labels).set(oldest)
+        still_open = set()
+        for pid, database, xid, age_s, application in writers:
+            still_open.add(xid)
+            if age_s < self.settings.open_writer_warn_s or xid in self._warned_writers:
+                continue
+            self._warned_writers.add(xid)
+            log.warning(
+                "listener %s: transaction %s (backend pid %s, database %s%s) has been open for "
+                "%.0fs after writing events; they are fanned out when it commits",
+                self.settings.listener_id,
+                xid,
+                pid,
+                database,
+                f", application {application!r}" if application else "",
+                age_s,
+            )
+        self._warned_writers &= still_open
 
     async def _write_heartbeat(
         self, lag: tuple[int, float], conn: Connection | None = None
@@ -270,16 +347,17 @@ class Listener:
 
 
 def _event(row: tuple[Any, ...]) -> Event:
+    """A row of fetch_committed_events (after the target snapshot; before the size)."""
     return Event(
-        id=row[0],
-        txid=row[1],
-        entity_type=row[2],
-        entity_id=row[3],
-        event_type=row[4],
-        data=row[5],
-        old_data=row[6],
-        changed_fields=row[7],
-        tenant=row[8],
-        actor=row[9],
-        created_at=row[10],
+        id=row[1],
+        txid=row[2],
+        entity_type=row[3],
+        entity_id=row[4],
+        event_type=row[5],
+        data=row[6],
+        old_data=row[7],
+        changed_fields=row[8],
+        tenant=row[9],
+        actor=row[10],
+        created_at=row[11],
     )

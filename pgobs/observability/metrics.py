@@ -24,6 +24,21 @@ listener_is_leader = Gauge(
 listener_lag_events = Gauge(
     "observer_listener_lag_events", "Committed events not yet fanned out.", ["listener_id"]
 )
+listener_lag_seconds = Gauge(
+    "observer_listener_lag_seconds",
+    "Age of the oldest committed event not yet fanned out (0 when none).",
+    ["listener_id"],
+)
+listener_open_writer_seconds = Gauge(
+    "observer_listener_open_writer_seconds",
+    "Age of the oldest open transaction that has written events (they go out when it commits).",
+    ["listener_id"],
+)
+listener_batch_bytes = Histogram(
+    "observer_listener_batch_bytes",
+    "Data in one fan-out batch (bounded by the listener's batch_bytes past its first row).",
+    buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6),
+)
 jobs_created = Counter("observer_jobs_created", "Jobs written by fan-out.", ["observer"])
 event_processing_duration = Histogram(
     "observer_event_processing_duration_seconds",

@@ -163,9 +163,12 @@ def test_track_picks_the_primary_key_and_rejects_bad_operations(dsn: str) -> Non
         execute(dsn, "SELECT pgobs.track('items', 'Item', operations => ARRAY['SELECT'])")
 
 
+WAITING = "SELECT pg_advisory_lock(2024061502, 0)"  # what a waiting leader's wake-up lock holds
+
+
 def test_insert_notifies_pgobs_events(orders: str) -> None:
-    execute(orders, "INSERT INTO pgobs.listener_wakeups (listener_id) VALUES ('default')")
     with psycopg.connect(orders, autocommit=True) as listener:
+        listener.execute(WAITING)
         listener.execute("LISTEN pgobs_events")
         execute(orders, "INSERT INTO orders (status) VALUES ('x')")
         notes = list(listener.notifies(timeout=5, stop_after=1))
@@ -189,10 +192,11 @@ def notifications_before_marker(dsn: str, write: str) -> list[str]:
 def test_writers_wake_only_a_waiting_listener(orders: str) -> None:
     insert = "INSERT INTO orders (status) VALUES ('x')"
     assert notifications_before_marker(orders, insert) == []  # no listener: no NOTIFY
-    execute(orders, "INSERT INTO pgobs.listener_wakeups (listener_id, waiting) VALUES ('a', true)")
-    assert notifications_before_marker(orders, insert) == [""]
-    execute(orders, "UPDATE pgobs.listener_wakeups SET waiting = false")  # busy: no NOTIFY
-    assert notifications_before_marker(orders, insert) == []
+    with psycopg.connect(orders, autocommit=True) as waiting:
+        waiting.execute(WAITING)
+        assert notifications_before_marker(orders, insert) == [""]
+        waiting.execute("SELECT pg_advisory_unlock_all()")  # busy: no NOTIFY
+        assert notifications_before_marker(orders, insert) == []
     assert notifications_before_marker(orders, "SELECT pgobs.emit('X', 'e')") == []
 
 

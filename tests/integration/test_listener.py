@@ -61,7 +61,8 @@ def test_fans_out_one_job_per_matched_action(listener: Worker, orders: tuple[str
         (1, "obs-paid", 1, "log"),
         (2, "obs-all", 0, "log"),
     }
-    assert scalar(dsn, "SELECT event_id FROM pgobs.checkpoints WHERE listener_id = 'default'") == 2
+    checkpoint = "SELECT event_id FROM pgobs.checkpoints WHERE listener_id = 'default'"
+    wait_until(lambda: scalar(dsn, checkpoint) == 2)
 
 
 def test_out_of_order_commit_is_still_fanned_out(
@@ -93,24 +94,25 @@ def test_rolled_back_events_are_never_fanned_out(
     assert scalar(dsn, "SELECT event_id FROM pgobs.jobs") == 2  # id 1 was rolled back
 
 
-def test_long_transaction_delays_but_loses_nothing_and_shows_lag(
-    listener: Worker, orders: tuple[str, Path]
+def test_open_transactions_hold_back_only_their_own_events(
+    listener: Worker, orders: tuple[str, Path], empty_dsn: str
 ) -> None:
+    """Issue 8: an open transaction, here or in another database, no longer stalls fan-out."""
     dsn, _ = orders
-    with psycopg.connect(dsn) as blocker:
-        blocker.execute("SELECT pg_current_xact_id()")  # holds back the snapshot xmin
+    execute(dsn, "CREATE UNIQUE INDEX jobs_once ON pgobs.jobs (event_id, observer, action_index)")
+    with psycopg.connect(empty_dsn) as elsewhere, psycopg.connect(dsn) as writer:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # another database's open transaction
+        writer.execute("INSERT INTO orders (status) VALUES ('held')")  # event 1, not committed
         execute(dsn, "INSERT INTO orders (status) SELECT 'new' FROM generate_series(1, 5)")
-        wait_until(lambda: scalar(dsn, "SELECT max(lag_events) FROM pgobs.listeners") == 5)
-        assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 0
-        lag, age = fetch(
-            dsn,
-            "SELECT max(lag_seconds), (SELECT extract(epoch FROM now() - min(created_at)) "
-            "FROM pgobs.events)::float8 FROM pgobs.listeners",
-        )[0]
-        assert 0 < lag <= age  # the oldest waiting event's age when the leader last looked
-        blocker.commit()
-    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 5)
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 5)
+        assert jobs_for(dsn, 1) == 0
+        writer.commit()
+        wait_until(lambda: jobs_for(dsn, 1) == 1)
+        execute(dsn, "INSERT INTO orders (status) VALUES ('after')")
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 7)
+        elsewhere.rollback()
     wait_until(lambda: scalar(dsn, "SELECT max(lag_events) FROM pgobs.listeners") == 0)
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 7
 
 
 def test_undecodable_event_is_audited_and_the_batch_goes_on(
