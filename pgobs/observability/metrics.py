@@ -44,6 +44,17 @@ action_duration = Histogram(
 )
 dlq_moved = Counter("observer_dlq_moved", "Jobs moved to the dead-letter queue.", ["observer"])
 jobs_in_flight = Gauge("observer_jobs_in_flight", "Actions running in this process.")
+event_loop_blocked_seconds = Counter(
+    "observer_event_loop_blocked_seconds",
+    "Seconds an event loop of this process was held by blocking or CPU-bound code (stalls "
+    "longer than the watchdog's threshold, counted whole).",
+    ["loop"],
+)
+leader_fenced = Counter(
+    "observer_leader_fenced",
+    "Leaders whose session this process ended because their fan-out loop fell silent.",
+    ["listener_id"],
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
