@@ -62,8 +62,10 @@ RETURNING 1
 -- stalled VM) or cut off. A session busy in a slow statement is left alone, and so is a new
 -- leader whose first beat is not visible yet (the beat must name the session holding the lock,
 -- and that session must be older than the beat). A statement of the ended session cannot commit
--- any more, so there is never split-brain; its lock frees as its backend exits.
-SELECT l.pid, extract(epoch FROM now() - b.beat_at)::float8, pg_terminate_backend(l.pid)
+-- any more, so there is never split-brain; its lock frees as its backend exits. ended is NULL
+-- when this role may not see the leader's session (another role's, without pg_read_all_stats).
+SELECT l.pid, extract(epoch FROM now() - b.beat_at)::float8 AS silent_s,
+       CASE WHEN a.wait_event_type = 'Client' THEN pg_terminate_backend(l.pid) END AS ended
 FROM pgobs.leadership AS b
 JOIN pg_locks AS l
   ON l.locktype = 'advisory' AND l.classid = 2024061501 AND l.objid = b.lock_key::oid
@@ -72,9 +74,9 @@ JOIN pg_locks AS l
 JOIN pg_stat_activity AS a ON a.pid = l.pid
 WHERE b.listener_id = %(listener_id)s
   AND b.leader_pid = l.pid
-  AND a.backend_start <= b.beat_at
   AND b.beat_at < now() - make_interval(secs => %(stale_s)s)
-  AND a.wait_event_type = 'Client'
+  AND (a.backend_start IS NULL  -- hidden from this role: reported, not ended
+       OR (a.backend_start <= b.beat_at AND a.wait_event_type = 'Client'))
 
 -- name: load_checkpoint
 SELECT txid::text::bigint, event_id FROM pgobs.checkpoints WHERE listener_id = %(listener_id)s

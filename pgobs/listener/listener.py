@@ -190,20 +190,15 @@ class Listener:
         params = {**self._labels, "stale_s": self.settings.leader_stale_s}
         try:
             cur = await conn.execute(query("fence_stale_leader"), params)
+            stale = await cur.fetchall()
         except psycopg.errors.InsufficientPrivilege as exc:
-            now = time.monotonic()
-            if self._fence_denied_at is None or now - self._fence_denied_at > FENCE_DENIED_LOG_S:
-                self._fence_denied_at = now
-                log.error(
-                    "listener %s: the leader looks frozen but this role may not end its session "
-                    "(%s); run every candidate as one role, or grant pg_signal_backend to this "
-                    "one",
-                    self.settings.listener_id,
-                    exc.diag.message_primary or exc,
-                )
+            self._fence_denied(str(exc.diag.message_primary or exc))
             return False
-        fenced = await cur.fetchall()
-        for pid, silent_s, _ in fenced:
+        fenced = False
+        for pid, silent_s, ended in stale:
+            if ended is None:
+                self._fence_denied(f"the session of backend pid {pid} belongs to another role")
+                continue
             log.warning(
                 "listener %s: the leader's fan-out loop has been silent for %.1fs; ended its "
                 "session (backend pid %s) to take over",
@@ -212,7 +207,22 @@ class Listener:
                 pid,
             )
             metrics.leader_fenced.labels(**self._labels).inc()
-        return bool(fenced)
+            fenced = True
+        return fenced
+
+    def _fence_denied(self, reason: str) -> None:
+        """A frozen leader this role may not fence: say so, once a minute."""
+        now = time.monotonic()
+        if self._fence_denied_at is not None and now - self._fence_denied_at < FENCE_DENIED_LOG_S:
+            return
+        self._fence_denied_at = now
+        log.error(
+            "listener %s: the leader looks frozen, but this role may not end its session (%s); "
+            "run every candidate as one role, or grant this one pg_signal_backend and "
+            "pg_read_all_stats",
+            self.settings.listener_id,
+            reason,
+        )
 
     async def _beat(self, conn: Connection) -> None:
         """The fan-out loop's proof of life, on the leader's session, at most every ``beat_s``.

@@ -159,7 +159,7 @@ def test_a_leader_whose_session_is_killed_steps_down_and_nothing_is_lost(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_a_frozen_leader_is_fenced_out_and_stands_by_when_it_thaws(
     dsn: str, tmp_path: Path
 ) -> None:
@@ -182,14 +182,16 @@ def test_a_frozen_leader_is_fenced_out_and_stands_by_when_it_thaws(
         frozen = next(p for p in procs if p.pid == victim)
         for w in writers:
             w.start()
-        wait_until(lambda: scalar(dsn, fanned_out) > 100)
+        # Waits on fan-out are generous: another database's long transaction on a shared server
+        # holds it back (issue 8, finding 1).
+        wait_until(lambda: scalar(dsn, fanned_out) > 100, timeout=60)
         os.kill(victim, signal.SIGSTOP)
         stopped_at = time.monotonic()
         new = wait_until(lambda: (p := leader_pid(dsn)) and p != victim and p, timeout=60)
         takeover = time.monotonic() - stopped_at
         # Fan-out goes on while the old leader stays frozen.
         before = scalar(dsn, fanned_out)
-        wait_until(lambda: scalar(dsn, fanned_out) > before + 100)
+        wait_until(lambda: scalar(dsn, fanned_out) > before + 100, timeout=60)
         os.kill(victim, signal.SIGCONT)
         wait_until(lambda: "lost its session" in frozen.output())
         wait_until(lambda: scalar(dsn, CANDIDATES) >= 2)  # back, as a standby
@@ -197,7 +199,7 @@ def test_a_frozen_leader_is_fenced_out_and_stands_by_when_it_thaws(
         for w in writers:
             w.join(timeout=10)
         committed = scalar(dsn, "SELECT count(*) FROM pgobs.events")
-        wait_until(lambda: scalar(dsn, fanned_out) == committed, timeout=30)
+        wait_until(lambda: scalar(dsn, fanned_out) == committed, timeout=60)
         assert leader_pid(dsn) == new
         assert frozen.proc.poll() is None
     finally:
