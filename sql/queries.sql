@@ -27,8 +27,59 @@ SET lock_timeout = '5s'; SET synchronous_commit = off
 -- state indexes are always the right plan for a LIMITed claim, so the claimer pins them.
 SET synchronous_commit = off; SET enable_seqscan = off; SET enable_sort = off
 
+-- name: leader_lock_key
+-- The listener id's own lock key, assigned on first use (see pgobs.leadership in 0006). Two
+-- candidates that start at once both get the row the first one made.
+WITH found AS (
+    SELECT lock_key FROM pgobs.leadership WHERE listener_id = %(listener_id)s
+), made AS (
+    INSERT INTO pgobs.leadership (listener_id)
+    SELECT %(listener_id)s WHERE NOT EXISTS (SELECT FROM found)
+    ON CONFLICT (listener_id) DO UPDATE SET listener_id = EXCLUDED.listener_id
+    RETURNING lock_key
+)
+SELECT lock_key FROM found UNION ALL SELECT lock_key FROM made
+
 -- name: try_leader_lock
-SELECT pg_try_advisory_lock(2024061501, hashtext(%(listener_id)s))
+-- The lock and the new leader's first beat in one statement: once the beat names this session,
+-- it has the lock. (Before it commits, the beat names the old leader, whose session no longer
+-- holds the lock, so no standby can fence the new one in between.)
+WITH lock AS MATERIALIZED (
+    SELECT pg_try_advisory_lock(2024061501, %(lock_key)s) AS got
+), beat AS (
+    UPDATE pgobs.leadership AS b SET leader_pid = pg_backend_pid(), beat_at = now()
+    FROM lock WHERE lock.got AND b.listener_id = %(listener_id)s
+)
+SELECT got FROM lock
+
+-- name: leader_beat
+-- The leader's fan-out loop proves it is alive, on the session that holds the lock. No row back
+-- means the row names another session: this one no longer leads.
+UPDATE pgobs.leadership SET beat_at = now()
+WHERE listener_id = %(listener_id)s AND leader_pid = pg_backend_pid()
+RETURNING 1
+
+-- name: fence_stale_leader
+-- A standby ends the leader's session when the leader's fan-out loop has not beaten for
+-- stale_s seconds while that session waits on its client: the process is frozen (SIGSTOP, a
+-- stalled VM) or cut off. A session busy in a slow statement is left alone, and so is a new
+-- leader whose first beat is not visible yet (the beat must name the session holding the lock,
+-- and that session must be older than the beat). A statement of the ended session cannot commit
+-- any more, so there is never split-brain; its lock frees as its backend exits. ended is NULL
+-- when this role may not see the leader's session (another role's, without pg_read_all_stats).
+SELECT l.pid, extract(epoch FROM now() - b.beat_at)::float8 AS silent_s,
+       CASE WHEN a.wait_event_type = 'Client' THEN pg_terminate_backend(l.pid) END AS ended
+FROM pgobs.leadership AS b
+JOIN pg_locks AS l
+  ON l.locktype = 'advisory' AND l.classid = 2024061501 AND l.objid = b.lock_key::oid
+ AND l.objsubid = 2 AND l.granted
+ AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE b.listener_id = %(listener_id)s
+  AND b.leader_pid = l.pid
+  AND b.beat_at < now() - make_interval(secs => %(stale_s)s)
+  AND (a.backend_start IS NULL  -- hidden from this role: reported, not ended
+       OR (a.backend_start <= b.beat_at AND a.wait_event_type = 'Client'))
 
 -- name: load_checkpoint
 SELECT snapshot::text, target::text, last_txid::text::bigint, event_id

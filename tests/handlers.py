@@ -88,3 +88,14 @@ def record_total(event: Event) -> None:
             "INSERT INTO handled (event_id, how) VALUES (%s, %s)",
             (event.id, f"{type(total).__name__} {total}"),
         )
+
+
+async def block_loop(event: Event) -> None:
+    """A user's mistake: a blocking call in an async handler. Records its start, then holds the
+    worker's event loop until the file named by PGOBS_TEST_RELEASE exists (at most 100 s)."""
+    with psycopg.connect(os.environ["PGOBS_DSN"], autocommit=True) as conn:
+        conn.execute("INSERT INTO starts (event_id, pid) VALUES (%s, %s)", (event.id, os.getpid()))
+    release = os.environ["PGOBS_TEST_RELEASE"]
+    deadline = time.monotonic() + 100
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -110,7 +110,11 @@ class ActionExecutor:
 
     def describe(self, call: ActionCall) -> str:
         found = self._spec(call)
-        if found is not None and isinstance(found[1], PythonSpec):
+        if (
+            found is not None
+            and isinstance(found[1], PythonSpec)
+            and found[1].handler_name != call.action
+        ):
             return f"{call.observer}/{call.action} ({found[1].handler_name})"
         return f"{call.observer}/{call.action}"
 

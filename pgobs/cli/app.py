@@ -122,6 +122,7 @@ def worker(
     role: Literal["listener", "worker", "all"] = "all",
     listener_id: str = "default",
     batch_size: int = 500,
+    leader_stale_seconds: float = 3.0,
     metrics_port: Annotated[
         int, Parameter(help="Serve Prometheus /metrics on this port (e.g. 9464); 0: off.")
     ] = 0,
@@ -142,6 +143,9 @@ def worker(
         Listeners with the same id elect one leader; different ids shard the fan-out.
     batch_size
         Events the listener reads per transaction.
+    leader_stale_seconds
+        A standby ends the leader's session and takes over when the leader's fan-out loop has
+        been silent this long (a frozen process keeps its session, and with it the lock).
     lease_seconds
         How long a claimed job stays reserved without a heartbeat; a dead worker's jobs come back
         after this.
@@ -158,13 +162,21 @@ def worker(
         raise PgobsError(f"--concurrency must be at least 1, got {concurrency}")
     if not 1 <= batch_size <= 100_000:
         raise PgobsError(f"--batch-size must be between 1 and 100000, got {batch_size}")
+    if not 2 <= leader_stale_seconds <= 3600:
+        raise PgobsError(
+            f"--leader-stale-seconds must be between 2 and 3600, got {leader_stale_seconds:g}"
+        )
     loaded = load_config(config, strict_env=True)
     resolved = resolve_dsn(dsn)
     if metrics_port:
         serve_metrics(metrics_port, metrics_host)
     settings = ProcessSettings(
         role=role,
-        listener=ListenerSettings(listener_id=listener_id, batch_size=batch_size),
+        listener=ListenerSettings(
+            listener_id=listener_id,
+            batch_size=batch_size,
+            leader_stale_s=leader_stale_seconds,
+        ),
         worker=WorkerSettings(
             concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds
         ),

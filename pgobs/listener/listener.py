@@ -1,9 +1,13 @@
 """The listener candidate: leads its ``listener_id`` or stands by, and fans events out.
 
-Leadership is ``pg_try_advisory_lock`` on the listener's own session, and every fan-out
-transaction runs on that same session: a leader that lost its session cannot commit, so there is
-never split-brain. Standbys retry every ``leader_retry_s``; when the leader's process or
-connection dies Postgres frees the lock and a standby leads on its next try.
+Leadership is ``pg_try_advisory_lock`` on the listener's own session, keyed by the id's own
+``pgobs.leadership.lock_key``, and every fan-out transaction runs on that same session: a leader
+that lost its session cannot commit, so there is never split-brain. Standbys retry every
+``leader_retry_s``; when the leader's process or connection dies Postgres frees the lock and a
+standby leads on its next try. A frozen process keeps its session and lock, so the fan-out loop
+itself beats on that session, and a standby that finds the beat older than ``leader_stale_s``
+ends the leader's session and leads. The frozen process, when it thaws, finds its session gone
+and stands by.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import psycopg
 from pgobs.config.model import Config
 from pgobs.db.connect import Connection, connect
 from pgobs.db.sqlfiles import query
+from pgobs.errors import PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
 from pgobs.listener.notifier import Doorbell
@@ -37,6 +42,8 @@ FIRST_IDLE_WAIT_S = 0.001
 UNANNOUNCED_POLL_S = 0.1
 BUSY_BATCH = 8  # a batch this large means writers outpace us: stop asking them for wake-ups
 NOTHING_FANNED_OUT = "3:3:"  # the snapshot in which no transaction is visible
+FENCE_TAKEOVER_TRIES = 50  # after ending a frozen leader's session: 1 s of tries for its lock
+FENCE_DENIED_LOG_S = 60.0  # a standby that may not end the leader's session says so this often
 
 State = Literal["initializing", "connecting", "running", "recovering", "stopped"]
 
@@ -50,6 +57,25 @@ class ListenerSettings:
     heartbeat_s: float = 1.0
     batch_bytes: int = 32 * 1024 * 1024  # past its first row, a batch holds at most this much data
     open_writer_warn_s: float = 60.0  # warn about a transaction holding events back this long
+    leader_stale_s: float = 3.0  # a leader whose fan-out loop was silent this long is fenced out
+
+    def __post_init__(self) -> None:
+        # The loop beats every quarter of leader_stale_s at most; it must come round that often
+        # even when idle, or a live leader would look frozen.
+        if self.poll_interval_s > self.leader_stale_s / 4:
+            raise PgobsError(
+                f"leader_stale_s ({self.leader_stale_s:g}) must be at least 4 x the poll "
+                f"interval ({self.poll_interval_s:g} s)",
+                "raise --leader-stale-seconds",
+            )
+
+    @property
+    def beat_s(self) -> float:
+        return self.leader_stale_s / 4
+
+
+class LeadershipLost(Exception):
+    """The leadership row names another session: this one no longer leads."""
 
 
 @dataclass(slots=True)
@@ -95,6 +121,8 @@ class Listener:
         self.became_leader = anyio.Event()
         self._labels = {"listener_id": self.settings.listener_id}
         self._warned_writers: set[str] = set()  # transaction ids already named in a warning
+        self._beaten_at = 0.0  # time.monotonic() of the fan-out loop's last beat
+        self._fence_denied_at: float | None = None
 
     # -- the candidate loop ----------------------------------------------------------------
 
@@ -127,13 +155,17 @@ class Listener:
             delay = 0.1
             try:
                 await conn.execute(query("listener_session_settings"))
+                lock_key = await self._lock_key(conn)
                 self._set_state("running", leader=False)
                 while True:
-                    if await self._try_lead(conn):
+                    if await self._try_lead(conn, lock_key):
                         await self._lead(conn)
                     await anyio.sleep(self.settings.leader_retry_s)
             except psycopg.OperationalError as exc:
                 log.warning("listener %s lost its session (%s)", self.settings.listener_id, exc)
+                self._set_state("recovering", leader=False)
+            except LeadershipLost as exc:
+                log.warning("listener %s: %s; standing by", self.settings.listener_id, exc)
                 self._set_state("recovering", leader=False)
             except psycopg.Error as exc:
                 # A statement failed on a live session: leadership is given up with the session;
@@ -151,10 +183,83 @@ class Listener:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
 
-    async def _try_lead(self, conn: Connection) -> bool:
-        cur = await conn.execute(query("try_leader_lock"), self._labels)
+    async def _lock_key(self, conn: Connection) -> int:
+        cur = await conn.execute(query("leader_lock_key"), self._labels)
         row = await cur.fetchone()
-        return bool(row and row[0])
+        assert row is not None  # the statement returns the found or the made row
+        return int(row[0])
+
+    async def _try_lead(self, conn: Connection, lock_key: int) -> bool:
+        """Take the lock if it is free, or if its holder's fan-out loop fell silent."""
+        if await self._take_lock(conn, lock_key):
+            return True
+        if not await self._fence_stale_leader(conn):
+            return False
+        # Its backend is exiting; the lock frees when it is gone (another standby may win it).
+        for _ in range(FENCE_TAKEOVER_TRIES):
+            if await self._take_lock(conn, lock_key):
+                return True
+            await anyio.sleep(0.02)
+        return False
+
+    async def _take_lock(self, conn: Connection, lock_key: int) -> bool:
+        params = {**self._labels, "lock_key": lock_key}
+        cur = await conn.execute(query("try_leader_lock"), params)
+        row = await cur.fetchone()
+        if row and row[0]:
+            self._beaten_at = time.monotonic()  # the statement wrote the first beat
+            return True
+        return False
+
+    async def _fence_stale_leader(self, conn: Connection) -> bool:
+        """End the session of a leader whose beat is stale; True when one was ended."""
+        params = {**self._labels, "stale_s": self.settings.leader_stale_s}
+        try:
+            cur = await conn.execute(query("fence_stale_leader"), params)
+            stale = await cur.fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._fence_denied(str(exc.diag.message_primary or exc))
+            return False
+        fenced = False
+        for pid, silent_s, ended in stale:
+            if ended is None:
+                self._fence_denied(f"the session of backend pid {pid} belongs to another role")
+                continue
+            log.warning(
+                "listener %s: the leader's fan-out loop has been silent for %.1fs; ended its "
+                "session (backend pid %s) to take over",
+                self.settings.listener_id,
+                silent_s,
+                pid,
+            )
+            metrics.leader_fenced.labels(**self._labels).inc()
+            fenced = True
+        return fenced
+
+    def _fence_denied(self, reason: str) -> None:
+        """A frozen leader this role may not fence: say so, once a minute."""
+        now = time.monotonic()
+        if self._fence_denied_at is not None and now - self._fence_denied_at < FENCE_DENIED_LOG_S:
+            return
+        self._fence_denied_at = now
+        log.error(
+            "listener %s: the leader looks frozen, but this role may not end its session (%s); "
+            "run every candidate as one role, or grant this one pg_signal_backend and "
+            "pg_read_all_stats",
+            self.settings.listener_id,
+            reason,
+        )
+
+    async def _beat(self, conn: Connection) -> None:
+        """The fan-out loop's proof of life, on the leader's session, at most every ``beat_s``.
+        Written from the loop itself: a loop that stops turning stops beating."""
+        now = time.monotonic()
+        if now - self._beaten_at < self.settings.beat_s:
+            return
+        cur = await conn.execute(query("leader_beat"), self._labels)
+        if await cur.fetchone() is None:
+            raise LeadershipLost("the leadership row names another session")
+        self._beaten_at = now
 
     async def _lead(self, conn: Connection) -> None:
         checkpoint = await self._load_checkpoint(conn)
@@ -173,6 +278,7 @@ class Listener:
     async def _fan_out_loop(self, conn: Connection, checkpoint: Checkpoint, wake: WakeLock) -> None:
         idle_wait = FIRST_IDLE_WAIT_S
         while True:
+            await self._beat(conn)
             fetched = await self._fan_out_batch(conn, checkpoint)
             if fetched:
                 idle_wait = FIRST_IDLE_WAIT_S

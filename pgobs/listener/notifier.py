@@ -1,4 +1,5 @@
-"""One LISTEN connection per process; channels ring doorbells that loops wait on.
+"""One LISTEN connection per process; channels ring doorbells that loops wait on (the
+listener's, on a thread of its own, through a doorbell that crosses threads).
 
 Notifications are wake-ups only: a lost one costs a poll interval, never an event. The
 connection reconnects in a loop; a broken server or network never kills the process.
@@ -6,9 +7,13 @@ connection reconnects in a loop; a broken server or network never kills the proc
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections.abc import Iterable
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from psycopg import sql
 
@@ -41,11 +46,59 @@ class Doorbell:
         return rung
 
 
+class ThreadSafeDoorbell(Doorbell):
+    """A doorbell rung from any thread and waited on in another thread's event loop (the
+    listener's): a byte on a socket pair, so a ring never blocks and needs no shared loop.
+    One task waits on it at a time."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def ring(self) -> None:
+        # OSError: a buffer full of unheard rings (this one adds nothing), or closed at shutdown.
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+    async def wait(self, timeout: float) -> bool:
+        if self._drain():
+            await anyio.lowlevel.checkpoint()  # a wait always lets the loop run others
+            return True
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(self._reader)
+        return self._drain()
+
+    def _drain(self) -> bool:
+        rung = False
+        with contextlib.suppress(BlockingIOError):
+            while self._reader.recv(4096):
+                rung = True
+        return rung
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
 class Notifier:
-    def __init__(self, dsn: str, channels: tuple[str, ...]) -> None:
+    """``cross_thread`` names the channels whose waiter runs in another thread's event loop."""
+
+    def __init__(
+        self, dsn: str, channels: tuple[str, ...], *, cross_thread: Iterable[str] = ()
+    ) -> None:
         self.dsn = dsn
-        self.doorbells = {channel: Doorbell() for channel in channels}
+        shared = set(cross_thread)
+        self.doorbells = {
+            channel: ThreadSafeDoorbell() if channel in shared else Doorbell()
+            for channel in channels
+        }
         self.connected = anyio.Event()
+
+    def close(self) -> None:
+        for bell in self.doorbells.values():
+            if isinstance(bell, ThreadSafeDoorbell):
+                bell.close()
 
     async def run(self) -> None:
         delay = 0.1

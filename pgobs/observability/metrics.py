@@ -69,6 +69,17 @@ handler_threads_stuck = Gauge(
     "Threads still running a sync handler whose timeout has passed (they count against the "
     "thread bound until they return).",
 )
+event_loop_blocked_seconds = Counter(
+    "observer_event_loop_blocked_seconds",
+    "Seconds an event loop of this process was held by blocking or CPU-bound code (stalls "
+    "longer than the watchdog's threshold, counted whole).",
+    ["loop"],
+)
+leader_fenced = Counter(
+    "observer_leader_fenced",
+    "Leaders whose session this process ended because their fan-out loop fell silent.",
+    ["listener_id"],
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

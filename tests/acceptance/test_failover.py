@@ -1,10 +1,12 @@
-"""Crash safety: SIGKILL the leader again and again while 8 writers insert; a standby takes over
-and every committed event is fanned out exactly once."""
+"""Crash safety: SIGKILL or SIGSTOP the leader while 8 writers insert; a standby takes over and
+every committed event is fanned out exactly once."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,17 +28,18 @@ observers:
     actions: [{type: log}, {type: log}]
 """
 
+# Catalog queries stay inside the test's own database: a pgobs deployment on the same server is
+# none of the test's business.
 LEADER = """
 SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
 WHERE l.locktype = 'advisory' AND l.classid = 2024061501 AND l.granted
-  AND a.datname = current_database()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
-
-CANDIDATES = (
-    "SELECT count(*) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND application_name LIKE 'pgobs listener %'"
-)
+CANDIDATES = """
+SELECT count(*) FROM pg_stat_activity
+WHERE application_name LIKE 'pgobs listener %' AND datname = current_database()
+"""
 
 
 def leader_pid(dsn: str) -> int | None:
@@ -158,3 +161,61 @@ def test_a_leader_whose_session_is_killed_steps_down_and_nothing_is_lost(
         for p in procs:
             p.stop()
     assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs WHERE observer = 'obs-b'") == 2 * 150
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_frozen_leader_is_fenced_out_and_stands_by_when_it_thaws(
+    dsn: str, tmp_path: Path
+) -> None:
+    """kill -STOP keeps the leader's session (and its lock) alive: the standby must see its
+    heartbeat go stale, end that session and lead. Thawed, the old leader must stand by."""
+    execute(dsn, "CREATE TABLE orders (id bigserial PRIMARY KEY, kind text)")
+    execute(dsn, "SELECT pgobs.track('orders', 'Order')")
+    execute(dsn, "CREATE UNIQUE INDEX jobs_once ON pgobs.jobs (event_id, observer, action_index)")
+    config = tmp_path / "observers.yaml"
+    config.write_text(CONFIG)
+    args = ("--role", "listener", "--config", str(config), "--batch-size", "50")
+    procs = [Worker(dsn, *args, log_path=tmp_path / f"l{i}.log") for i in range(2)]
+    stop = threading.Event()
+    writers = [threading.Thread(target=writer, args=(dsn, stop, i)) for i in range(8)]
+    frozen: Worker | None = None
+    fanned_out = "SELECT count(*) FROM pgobs.jobs WHERE observer = 'obs-all'"
+    try:
+        wait_until(lambda: scalar(dsn, CANDIDATES) >= 2)
+        victim = wait_until(lambda: leader_pid(dsn))
+        frozen = next(p for p in procs if p.pid == victim)
+        for w in writers:
+            w.start()
+        # Waits on fan-out are generous: another database's long transaction on a shared server
+        # holds it back (issue 8, finding 1).
+        wait_until(lambda: scalar(dsn, fanned_out) > 100, timeout=60)
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        new = wait_until(lambda: (p := leader_pid(dsn)) and p != victim and p, timeout=60)
+        takeover = time.monotonic() - stopped_at
+        # Fan-out goes on while the old leader stays frozen.
+        before = scalar(dsn, fanned_out)
+        wait_until(lambda: scalar(dsn, fanned_out) > before + 100, timeout=60)
+        os.kill(victim, signal.SIGCONT)
+        wait_until(lambda: "lost its session" in frozen.output())
+        wait_until(lambda: scalar(dsn, CANDIDATES) >= 2)  # back, as a standby
+        stop.set()
+        for w in writers:
+            w.join(timeout=10)
+        committed = scalar(dsn, "SELECT count(*) FROM pgobs.events")
+        wait_until(lambda: scalar(dsn, fanned_out) == committed, timeout=60)
+        assert leader_pid(dsn) == new
+        assert frozen.proc.poll() is None
+    finally:
+        stop.set()
+        for p in procs:
+            if p.proc.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+            p.stop()
+    expected_b = scalar(dsn, "SELECT count(*) FROM pgobs.events WHERE data->>'kind' = 'b'")
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.jobs WHERE observer = 'obs-b'") == 2 * expected_b
+    print(f"\ntakeover after SIGSTOP: {takeover:.2f}s; {committed} events fanned out exactly once")
+    # The issue's bar is "a few seconds"; the default fence is 3 s of silence plus a 0.25 s retry.
+    # The limit is generous so that a loaded 2-core machine does not break it.
+    assert takeover < 15
