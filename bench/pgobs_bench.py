@@ -216,7 +216,10 @@ def bench_end_to_end(
         args = [["--role", "all", "--concurrency", "32"]] + [
             ["--role", "worker", "--concurrency", "32"] for _ in range(processes - 1)
         ]
-        with workers(dsn, NOOP_CONFIG, args, env), psycopg.connect(dsn, autocommit=True) as conn:
+        with (
+            workers(dsn, NOOP_CONFIG.format(handler="noop"), args, env),
+            psycopg.connect(dsn, autocommit=True) as conn,
+        ):
             time.sleep(2)  # the processes start and elect a leader
             started = time.time()
             for start in range(0, rows, chunk):
