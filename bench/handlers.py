@@ -16,11 +16,11 @@ _first = 0.0
 _latencies: list[float] = []
 
 
-def _report(payload: dict[str, object]) -> None:
-    tmp = _OUT + ".tmp"
+def _report(payload: dict[str, object], path: str = _OUT) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(payload, f)
-    os.replace(tmp, _OUT)
+    os.replace(tmp, path)
 
 
 async def noop(event: Event) -> None:
@@ -44,11 +44,14 @@ def noop_sync(event: Event) -> None:
 
 
 async def latency(event: Event) -> None:
-    """INSERT-to-handler-start latency: the writer puts its send time in the row."""
-    global _calls
-    _calls += 1
+    """INSERT-to-handler-start latency: the writer puts its send time in the row. A row without
+    one is the warm-up: seeing it proves the listener leads and this worker runs, so the timed
+    inserts start on a ready pipeline (``<out>.ready`` appears), as the pgqueuer peer's do."""
+    started = time.time()
     sent = (event.data or {}).get("sent")
-    if isinstance(sent, float | int):
-        _latencies.append(time.time() - sent)
-    if _calls == _TARGET:
+    if not isinstance(sent, float | int):
+        _report({"ready": started}, _OUT + ".ready")
+        return
+    _latencies.append(started - sent)
+    if len(_latencies) == _TARGET:
         _report({"latencies": _latencies, "last": time.time()})

@@ -1,30 +1,42 @@
-"""Peer burndown benchmarks: pgqueuer and procrastinate draining no-op jobs.
+"""Peer benchmarks: pgqueuer and procrastinate draining no-op jobs, and pgqueuer's
+enqueue-to-start latency.
 
-Each function creates a throwaway database, installs the library's schema in it,
+Each burn-down creates a throwaway database, installs the library's schema in it,
 enqueues ``jobs`` no-op jobs in bulk (not timed), then times how long the library's
-own in-process worker takes to drain them. The database is dropped afterwards, also
-on failure. Every run is bounded by ``TIMEOUT_S`` so a hang cannot stall CI.
+own in-process worker takes to drain them. The latency run enqueues single jobs at a
+steady rate while a pgqueuer worker process consumes them. The database is dropped
+afterwards, also on failure. Every run is bounded by ``TIMEOUT_S`` so a hang cannot
+stall CI.
 
 Usage::
 
-    python bench/peers.py --jobs 30000 --dsn postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/peers.py --jobs 30000 --latency-seconds 10 \
+        --dsn postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships neither py.typed nor stubs
+from percentiles import summarize
 
+HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 300.0
 ENQUEUE_CHUNK = 10_000
 PGQUEUER_DB = "pgobs_bench_pgqueuer"
+PGQUEUER_LATENCY_DB = "pgobs_bench_pgqueuer_latency"
 PROCRASTINATE_DB = "pgobs_bench_procrastinate"
 PGQUEUER_BATCH_SIZE = 100
 PROCRASTINATE_CONCURRENCY = 32
@@ -190,7 +202,138 @@ async def procrastinate_burndown(admin_dsn: str, jobs: int = 30_000) -> float:
     return jobs / (finished_at - started_at)
 
 
-async def _main(dsn: str, jobs: int) -> None:
+# The consumer's lines on stdout that the parent reads; anything else there is its log.
+_READY = "pgqueuer-latency: ready"
+_REPORT = "pgqueuer-latency: report "
+
+
+async def _consumer_line(consumer: asyncio.subprocess.Process, prefix: str, log: list[str]) -> str:
+    """The rest of the consumer's next stdout line starting with ``prefix``; other lines are
+    kept in ``log`` for the error if the consumer exits first."""
+    assert consumer.stdout is not None
+    while True:
+        line = (await consumer.stdout.readline()).decode()
+        if not line:
+            await consumer.wait()
+            raise RuntimeError(
+                f"pgqueuer consumer exited with {consumer.returncode}: {''.join(log)[-2000:]}"
+            )
+        if line.startswith(prefix):
+            return line[len(prefix) :]
+        log.append(line)
+
+
+async def pgqueuer_latency(
+    admin_dsn: str, rate: int = 200, seconds: float = 10
+) -> dict[str, float]:
+    """Enqueue ``rate`` single pgqueuer jobs per second for ``seconds``; return the
+    enqueue-sent-to-entrypoint-start latency as p50/p99/max in ms (``percentiles``).
+
+    The consumer is a separate process (``_pgqueuer_latency_consumer``), as pgobs's worker
+    is in ``pgobs_bench.bench_latency``: in-process it would share one event loop and GIL
+    with the producer, so its latency would measure the producer's scheduling too, and
+    neither queue runs that way in production. Configuration as in the burn-down (asyncpg
+    driver, ``batch_size=100``); every job's send time rides in its payload and the
+    entrypoint records ``time.time() - sent`` first thing. One warm-up job must reach the
+    entrypoint before the timed enqueues begin, as pgobs's warm-up row does.
+    """
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    total = int(rate * seconds)
+    if total <= 0:
+        raise ValueError("rate * seconds must be at least one job")
+    _quiet_libraries()
+
+    async with asyncio.timeout(TIMEOUT_S), _fresh_database(admin_dsn, PGQUEUER_LATENCY_DB) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            queries = Queries(AsyncpgDriver(conn))
+            await queries.install()
+            consumer = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-c", _CONSUMER_MAIN, dsn, str(total)),
+                env={**os.environ, "PYTHONPATH": str(HERE)},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                limit=2**24,  # the report is one line of every latency
+            )
+            log: list[str] = []
+            reported: asyncio.Task[str] | None = None
+            try:
+                await queries.enqueue("warmup", None)
+                async with asyncio.timeout(60):
+                    await _consumer_line(consumer, _READY, log)
+                # Reads the consumer's output while we enqueue, so its pipe never fills.
+                reported = asyncio.create_task(_consumer_line(consumer, _REPORT, log))
+                interval = 1 / rate
+                next_at = time.perf_counter()
+                for _ in range(total):
+                    if reported.done():  # the consumer died: its error is raised below
+                        break
+                    next_at += interval
+                    await queries.enqueue("latency", json.dumps({"sent": time.time()}).encode())
+                    pause = next_at - time.perf_counter()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                async with asyncio.timeout(60):
+                    report = json.loads(await reported)
+            finally:
+                if reported is not None:
+                    reported.cancel()
+                # After its report the consumer stops by itself; otherwise stop it.
+                with contextlib.suppress(ProcessLookupError):
+                    consumer.terminate()
+                try:
+                    async with asyncio.timeout(20):
+                        await consumer.wait()
+                except TimeoutError:
+                    consumer.kill()
+                    await consumer.wait()
+        finally:
+            await conn.close()
+    return summarize(report)
+
+
+# Run by ``pgqueuer_latency`` as ``python -c _CONSUMER_MAIN dsn total``.
+_CONSUMER_MAIN = (
+    "import asyncio, sys, peers; "
+    "asyncio.run(peers._pgqueuer_latency_consumer(sys.argv[1], int(sys.argv[2])))"
+)
+
+
+async def _pgqueuer_latency_consumer(dsn: str, total: int) -> None:
+    """A pgqueuer ``QueueManager`` that says when the warm-up job has run, records each
+    ``latency`` job's start minus its send time, prints them after ``total`` and stops."""
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.models import Job
+    from pgqueuer.qm import QueueManager
+    from pgqueuer.queries import Queries
+
+    _quiet_libraries()
+    conn = await asyncpg.connect(dsn)
+    try:
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+        latencies: list[float] = []
+
+        @qm.entrypoint("warmup")
+        async def warmup(job: Job) -> None:
+            print(_READY, flush=True)
+
+        @qm.entrypoint("latency")
+        async def latency(job: Job) -> None:
+            started = time.time()
+            latencies.append(started - json.loads(job.payload or b"{}")["sent"])
+            if len(latencies) == total:
+                print(_REPORT + json.dumps(latencies), flush=True)
+                qm.shutdown.set()
+
+        async with asyncio.timeout(TIMEOUT_S):
+            await qm.run(batch_size=PGQUEUER_BATCH_SIZE)
+    finally:
+        await conn.close()
+
+
+async def _main(dsn: str, jobs: int, latency_seconds: float) -> None:
     results: list[tuple[str, float, float]] = []
     for name, fn in (
         ("pgqueuer", pgqueuer_burndown),
@@ -203,15 +346,21 @@ async def _main(dsn: str, jobs: int) -> None:
     print(f"{'peer':<14} {'jobs':>8} {'jobs/s':>10} {'wall s':>8}")
     for name, rate, wall in results:
         print(f"{name:<14} {jobs:>8} {rate:>10,.0f} {wall:>8.1f}")
+    lat = await pgqueuer_latency(dsn, seconds=latency_seconds)
+    print(
+        f"pgqueuer enqueue-to-start latency, 200 jobs/s for {latency_seconds:g} s: "
+        f"p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms, max {lat['max_ms']:.1f} ms"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=30_000)
+    parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_main(args.dsn, args.jobs))
+    asyncio.run(_main(args.dsn, args.jobs, args.latency_seconds))
 
 
 if __name__ == "__main__":

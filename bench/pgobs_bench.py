@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from percentiles import summarize
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -43,7 +43,11 @@ def fresh_db(admin_dsn: str, name: str) -> Iterator[str]:
 
 
 @contextmanager
-def workers(dsn: str, config: str, args: list[list[str]], env: dict[str, str]) -> Iterator[None]:
+def workers(
+    dsn: str, config: str, args: list[list[str]], env: dict[str, str]
+) -> Iterator[Callable[[], None]]:
+    """Run ``pgobs worker`` processes; yields a check that raises, with the log's tail, once one
+    has exited (a config or startup error), so a wait fails at once instead of timing out."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "observers.yaml"
         path.write_text(config)
@@ -72,8 +76,17 @@ def workers(dsn: str, config: str, args: list[list[str]], env: dict[str, str]) -
             )
             for i, a in enumerate(args)
         ]
+
+        def check() -> None:
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    tail = (Path(tmp) / f"{i}.log").read_text()[-2000:]
+                    raise RuntimeError(
+                        f"pgobs worker {' '.join(args[i])} exited with {p.returncode}:\n{tail}"
+                    )
+
         try:
-            yield
+            yield check
         finally:
             for p in procs:
                 p.terminate()
@@ -84,9 +97,10 @@ def workers(dsn: str, config: str, args: list[list[str]], env: dict[str, str]) -
                     p.kill()
 
 
-def wait_report(path: Path, timeout: float) -> dict[str, object]:
+def wait_report(path: Path, timeout: float, check: Callable[[], None]) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while not path.exists():
+        check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"no report in {timeout}s at {path}")
         time.sleep(0.01)
@@ -128,9 +142,10 @@ def bench_fanout(admin_dsn: str, events: int = 200_000, batch: int = 500) -> dic
             conn.execute("VACUUM ANALYZE pgobs.events")
             with workers(
                 dsn, fanout_config(), [["--role", "listener", "--batch-size", str(batch)]], {}
-            ):
+            ) as check:
                 first = None
                 while True:
+                    check()
                     row = conn.execute("SELECT event_id FROM pgobs.checkpoints").fetchone()
                     now = time.perf_counter()
                     if row and first is None:
@@ -181,12 +196,13 @@ def bench_burndown(
             out = Path(tmp) / "report.json"
             env = {"PGOBS_BENCH_N": str(jobs), "PGOBS_BENCH_OUT": str(out)}
             args = [["--role", "worker", "--concurrency", str(concurrency)]]
-            with workers(dsn, NOOP_CONFIG.format(handler=handler), args, env):
-                report = wait_report(out, 300)
+            with workers(dsn, NOOP_CONFIG.format(handler=handler), args, env) as check:
+                report = wait_report(out, 300, check)
                 deadline = time.monotonic() + 30
                 while conn.execute("SELECT EXISTS (SELECT 1 FROM pgobs.jobs)").fetchone() != (
                     False,
                 ):
+                    check()
                     if time.monotonic() > deadline:
                         raise TimeoutError("jobs left after the handler saw them all")
                     time.sleep(0.01)
@@ -216,7 +232,10 @@ def bench_end_to_end(
         args = [["--role", "all", "--concurrency", "32"]] + [
             ["--role", "worker", "--concurrency", "32"] for _ in range(processes - 1)
         ]
-        with workers(dsn, NOOP_CONFIG, args, env), psycopg.connect(dsn, autocommit=True) as conn:
+        with (
+            workers(dsn, NOOP_CONFIG.format(handler="noop"), args, env) as check,
+            psycopg.connect(dsn, autocommit=True) as conn,
+        ):
             time.sleep(2)  # the processes start and elect a leader
             started = time.time()
             for start in range(0, rows, chunk):
@@ -234,6 +253,7 @@ def bench_end_to_end(
                 ).fetchone()
                 if left == (0,):
                     break
+                check()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{left} left after 120s")
                 time.sleep(0.01)
@@ -256,7 +276,8 @@ observers:
 
 
 def bench_latency(admin_dsn: str, rate: int = 200, seconds: float = 10) -> dict[str, float]:
-    """Single-row inserts at a steady ``rate``; INSERT sent → handler start."""
+    """Single-row inserts at a steady ``rate``; INSERT sent → handler start. One warm-up row
+    (no send time) must reach the handler before the timed inserts begin."""
     total = int(rate * seconds)
     with fresh_db(admin_dsn, "pgobs_bench_latency") as dsn, tempfile.TemporaryDirectory() as tmp:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -265,10 +286,11 @@ def bench_latency(admin_dsn: str, rate: int = 200, seconds: float = 10) -> dict[
         out = Path(tmp) / "report.json"
         env = {"PGOBS_BENCH_N": str(total), "PGOBS_BENCH_OUT": str(out)}
         with (
-            workers(dsn, LATENCY_CONFIG, [["--role", "all", "--concurrency", "32"]], env),
+            workers(dsn, LATENCY_CONFIG, [["--role", "all", "--concurrency", "32"]], env) as check,
             psycopg.connect(dsn, autocommit=True) as conn,
         ):
-            time.sleep(2)
+            conn.execute("INSERT INTO bench (sent) VALUES (NULL)")
+            wait_report(out.with_name(out.name + ".ready"), 60, check)
             interval = 1 / rate
             next_at = time.perf_counter()
             for _ in range(total):
@@ -277,14 +299,8 @@ def bench_latency(admin_dsn: str, rate: int = 200, seconds: float = 10) -> dict[
                 pause = next_at - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)
-            report = wait_report(out, 60)
-    lat = sorted(float(x) * 1000 for x in report["latencies"])  # type: ignore[attr-defined]
-    return {
-        "p50_ms": statistics.median(lat),
-        "p99_ms": lat[int(len(lat) * 0.99) - 1],
-        "max_ms": lat[-1],
-        "samples": len(lat),
-    }
+            report = wait_report(out, 60, check)
+    return summarize(report["latencies"])  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

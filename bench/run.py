@@ -2,10 +2,12 @@
 bench/RESULTS.md.
 
     python bench/run.py [--dsn postgresql://postgres@127.0.0.1:5432/postgres] [--rounds 3]
+                        [--jobs 30000] [--latency-seconds 10]
 
 Needs ``pip install -e '.[bench]'`` and a Postgres it may create databases on. Burn-downs of
-pgobs, pgqueuer and procrastinate are interleaved round by round and the medians reported, so
-background noise falls on all of them alike.
+pgobs (an ``async def`` and a plain ``def`` handler), pgqueuer and procrastinate are
+interleaved round by round, as are the pgobs and pgqueuer latency runs, and the medians
+reported, so background noise falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ import peers  # noqa: E402
 import pgobs_bench  # noqa: E402
 
 from pgobs.conditions import compile_condition  # noqa: E402
+
+BURNDOWN_ROWS = {  # run name → the row's label
+    "pgobs": "pgobs, `async def` handler",
+    "pgobs-sync": "pgobs, plain `def` handler",
+    "pgqueuer": "pgqueuer",
+    "procrastinate": "procrastinate",
+}
+LATENCY_RATE = 200  # single jobs per second, as bench_latency has always run
+LATENCY_KEYS = ("p50_ms", "p99_ms", "max_ms")
 
 
 def machine(dsn: str) -> list[str]:
@@ -77,6 +88,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=30_000)
+    parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     started = time.time()
@@ -85,10 +97,12 @@ def main() -> None:
     cond_rate = conditions()
     print("listener fan-out …", flush=True)
     fanout = pgobs_bench.bench_fanout(args.dsn)
-    runs: dict[str, list[float]] = {"pgobs": [], "pgqueuer": [], "procrastinate": []}
+    runs: dict[str, list[float]] = {name: [] for name in BURNDOWN_ROWS}
     for round_ in range(args.rounds):
         print(f"burn-down round {round_ + 1}/{args.rounds} …", flush=True)
-        runs["pgobs"].append(pgobs_bench.bench_burndown(args.dsn, args.jobs)["jobs_per_s"])
+        for name, handler in (("pgobs", "noop"), ("pgobs-sync", "noop_sync")):
+            result = pgobs_bench.bench_burndown(args.dsn, args.jobs, handler=handler)
+            runs[name].append(result["jobs_per_s"])
         runs["pgqueuer"].append(asyncio.run(peers.pgqueuer_burndown(args.dsn, args.jobs)))
         runs["procrastinate"].append(asyncio.run(peers.procrastinate_burndown(args.dsn, args.jobs)))
     burn = {name: statistics.median(values) for name, values in runs.items()}
@@ -100,36 +114,82 @@ def main() -> None:
         ),
         key=lambda r: r["events_per_s"],
     )
-    print("latency …", flush=True)
-    latency = pgobs_bench.bench_latency(args.dsn)
+    lat_runs: dict[str, list[dict[str, float]]] = {"pgobs": [], "pgqueuer": []}
+    for round_ in range(args.rounds):
+        print(f"latency round {round_ + 1}/{args.rounds} …", flush=True)
+        lat_runs["pgobs"].append(
+            pgobs_bench.bench_latency(args.dsn, LATENCY_RATE, args.latency_seconds)
+        )
+        lat_runs["pgqueuer"].append(
+            asyncio.run(peers.pgqueuer_latency(args.dsn, LATENCY_RATE, args.latency_seconds))
+        )
+    lat = {
+        name: {key: statistics.median(r[key] for r in values) for key in LATENCY_KEYS}
+        for name, values in lat_runs.items()
+    }
 
     def row(name: str) -> str:
         values = ", ".join(f"{v:,.0f}" for v in runs[name])
-        return f"| {name} | {burn[name]:,.0f} | {values} |"
+        return f"| {BURNDOWN_ROWS[name]} | {burn[name]:,.0f} | {values} |"
 
+    def lat_row(name: str, hops: str) -> str:
+        rounds = "; ".join(
+            f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} / {r['max_ms']:.1f}" for r in lat_runs[name]
+        )
+        m = lat[name]
+        return (
+            f"| {name} | {hops} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['max_ms']:.1f} "
+            f"| {rounds} |"
+        )
+
+    command = (
+        f"python bench/run.py --rounds {args.rounds} --jobs {args.jobs} "
+        f"--latency-seconds {args.latency_seconds:g}"
+    )
+    latency_run = f"{LATENCY_RATE} single jobs/s for {args.latency_seconds:g} s"
     lines = [
         "# Benchmarks",
         "",
-        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `python bench/run.py "
-        f"--rounds {args.rounds} --jobs {args.jobs}` ({time.time() - started:.0f} s).",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC with `{command}` "
+        f"({time.time() - started:.0f} s). Burn-downs and latency runs: {args.rounds} "
+        "interleaved round(s) each, medians reported.",
         "",
         *machine(args.dsn),
         "",
-        "## Burn-down: 30,000 no-op jobs already queued, drained by one process",
+        f"## Burn-down: {args.jobs:,} no-op jobs already queued, drained by one process",
         "",
-        "pgobs: one `pgobs worker --role worker --concurrency 32`, an async no-op `python` action; "
-        "pgqueuer: asyncpg driver, `batch_size=100`; procrastinate: psycopg connector, "
-        "concurrency 32. Each on a fresh database of the same server, interleaved by round.",
+        "pgobs: one `pgobs worker --role worker --concurrency 32` running a no-op `python` "
+        "action, once written `async def` and once plain `def`; pgqueuer: asyncpg driver, "
+        "`batch_size=100`; procrastinate: psycopg connector, concurrency 32. Each on a fresh "
+        "database of the same server, interleaved by round.",
         "",
         "| queue | jobs/s (median) | rounds |",
         "|---|---|---|",
-        row("pgobs"),
-        row("pgqueuer"),
-        row("procrastinate"),
+        *(row(name) for name in BURNDOWN_ROWS),
         "",
         f"pgobs / pgqueuer = **{burn['pgobs'] / burn['pgqueuer']:.2f}×** (target ≥ 1.5×); "
         f"pgobs / procrastinate = **{burn['pgobs'] / burn['procrastinate']:.1f}×** "
-        "(target ≥ 10×).",
+        "(target ≥ 10×); pgobs `def` / `async def` = "
+        f"**{burn['pgobs-sync'] / burn['pgobs']:.2f}×** (target ≥ 0.5×).",
+        "",
+        f"## Latency beside pgqueuer: {latency_run}",
+        "",
+        "pgobs: single-row INSERTs into a tracked table, one `pgobs worker --role all "
+        "--concurrency 32`, timed from the INSERT sent to the handler's start: two hops "
+        "(trigger → listener → job → worker). pgqueuer: single `enqueue` calls, one "
+        "`QueueManager` process (asyncpg driver, `batch_size=100`), timed from the enqueue sent "
+        "to the entrypoint's start: one hop. Writer and consumer are separate processes for "
+        "both; one warm-up job runs before timing starts; each on a fresh database, "
+        "interleaved by round.",
+        "",
+        "| queue | path | p50 ms | p99 ms | max ms | rounds (p50 / p99 / max) |",
+        "|---|---|---|---|---|---|",
+        lat_row("pgobs", "INSERT → handler, two hops"),
+        lat_row("pgqueuer", "enqueue → entrypoint, one hop"),
+        "",
+        f"pgobs / pgqueuer: p50 **{lat['pgobs']['p50_ms'] / lat['pgqueuer']['p50_ms']:.2f}×** "
+        f"(target ≤ 1×), p99 **{lat['pgobs']['p99_ms'] / lat['pgqueuer']['p99_ms']:.2f}×** "
+        "(target ≤ 1.5×).",
         "",
         "## The rest of the path",
         "",
@@ -144,9 +204,9 @@ def main() -> None:
         f"until every action is done, {e2e['processes']:.0f} worker process(es) | "
         f"{e2e['events_per_s']:,.0f} events/s "
         f"(inserts took {e2e['insert_s']:.1f} s of {e2e['total_s']:.1f} s) | ≥ 15,000 /s |",
-        f"| latency, INSERT sent to handler start, 200 single-row inserts/s for 10 s | "
-        f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms, max "
-        f"{latency['max_ms']:.1f} ms | p50 ≤ 3 ms, p99 ≤ 10 ms |",
+        f"| latency, INSERT sent to handler start, {latency_run} (medians of the rounds above) "
+        f"| p50 {lat['pgobs']['p50_ms']:.2f} ms, p99 {lat['pgobs']['p99_ms']:.2f} ms, max "
+        f"{lat['pgobs']['max_ms']:.1f} ms | p50 ≤ 3 ms, p99 ≤ 10 ms |",
         "",
     ]
     args.out.write_text("\n".join(lines))
