@@ -25,7 +25,7 @@ observers:
   - name: obs-b
     entity: Order
     condition: "kind == 'b'"
-    actions: [{type: log}, {type: log}]
+    actions: [{type: log, name: first}, {type: log, name: second}]
 """
 
 # Catalog queries stay inside the test's own database: a pgobs deployment on the same server is

@@ -104,7 +104,7 @@ def race(
 @pytest.mark.timeout(180)
 def test_events_written_while_the_leader_was_busy_never_wait_for_the_poll(orders: str) -> None:
     rng = random.Random(8)
-    with InProcessListener(orders, poll_interval_s=POLL_S):
+    with InProcessListener(orders, poll_interval_s=POLL_S, leader_stale_s=4 * POLL_S):
         # One racer that stays open long after the leader went idle: before the fix, the
         # leader's back-off had grown to ~16 s by then and the event waited for it.
         latencies, silent = race(orders, 1, (20.0, 20.0), rng)
