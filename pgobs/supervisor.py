@@ -16,8 +16,8 @@ import anyio
 
 from pgobs.config.model import Config
 from pgobs.db.migrate import ensure_migrated
+from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
-from pgobs.listener.notifier import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.thread import ListenerThread
 from pgobs.observability.loopwatch import LoopWatch
 from pgobs.queue.worker import WorkerPool, WorkerSettings

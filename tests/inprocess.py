@@ -10,8 +10,8 @@ from typing import Any
 import anyio
 
 from pgobs.config.loader import parse_config
+from pgobs.db.notify import EVENTS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
-from pgobs.listener.notifier import EVENTS_CHANNEL, Notifier
 
 ALL_ORDERS = """
 observers:

@@ -1,4 +1,6 @@
-"""The egress policy enforced at request time (``pgobs.config.egress`` says what it allows).
+"""The egress policy (which networks HTTP actions may reach: link-local and metadata addresses
+refused unless allowed, loopback allowed, the most specific rule winning) and its enforcement at
+request time. ``pgobs.config.egress`` reads it from observers.yaml.
 
 Two checks, so that neither a literal address nor DNS can route a delivery somewhere refused:
 
@@ -13,10 +15,88 @@ Two checks, so that neither a literal address nor DNS can route a delivery somew
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from ipaddress import ip_address
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
+from urllib.parse import urlsplit
 
-from pgobs.config.egress import EgressPolicy, literal_address
+Address = IPv4Address | IPv6Address
+Network = IPv4Network | IPv6Network
+
+LOOPBACK: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+LINK_LOCAL_AND_METADATA: tuple[Network, ...] = (
+    ip_network("169.254.0.0/16"),  # link-local; 169.254.169.254 is AWS, GCP, Azure, OpenStack
+    ip_network("fe80::/10"),
+    ip_network("fd00:ec2::254/128"),  # AWS IMDS over IPv6
+    ip_network("100.100.100.200/32"),  # Alibaba Cloud metadata
+)
+# Metadata names are checked as the address they stand for, before any DNS lookup.
+METADATA_HOSTS: dict[str, Address] = {
+    "metadata.google.internal": IPv4Address("169.254.169.254"),
+    "metadata.goog": IPv4Address("169.254.169.254"),
+}
+PRIVATE: tuple[Network, ...] = (
+    ip_network("10.0.0.0/8"),
+    ip_network("172.16.0.0/12"),
+    ip_network("192.168.0.0/16"),
+    ip_network("fc00::/7"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+
+    def refusal(self, address: Address) -> str | None:
+        """Why ``address`` may not be reached, or None when it may."""
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        best: tuple[int, int, bool, Network] | None = None  # prefix, from the file, allow, net
+        rules = (
+            [(net, True, 0) for net in LOOPBACK]
+            + [(net, False, 0) for net in LINK_LOCAL_AND_METADATA]
+            + [(net, True, 1) for net in self.allow]
+            + [(net, False, 1) for net in self.deny]
+        )
+        for net, allowed, from_file in rules:
+            if address in net:
+                candidate = (net.prefixlen, from_file, allowed, net)
+                if best is None or candidate[:2] > best[:2]:
+                    best = candidate
+        if best is None:
+            return None if not self.allow else f"{address} is not in egress.allow"
+        _, from_file, allowed, net = best
+        if allowed:
+            return None
+        if from_file:
+            return f"{address} is in {net}, which egress.deny refuses"
+        return (
+            f"{address} is a link-local or cloud metadata address, refused unless "
+            f"egress.allow lists it"
+        )
+
+
+DEFAULT_EGRESS = EgressPolicy()
+
+
+def literal_address(url: str) -> Address | None:
+    """The address a URL names literally (an IP, or a cloud metadata host name), else None."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return None
+    if host in METADATA_HOSTS:
+        return METADATA_HOSTS[host]
+    try:
+        return ip_address(host)
+    except ValueError:
+        return None
+
+
+def is_private(address: Address) -> bool:
+    return any(address in net for net in PRIVATE)
+
 
 Trace = Callable[[str, dict[str, Any]], Awaitable[None]]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol, assert_never
 
 import httpx
@@ -34,7 +35,6 @@ from pgobs.actions.specs import (
 )
 from pgobs.actions.threads import ThreadRunner
 from pgobs.actions.webhook import send_webhook
-from pgobs.config.model import Config, Observer
 from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
@@ -58,15 +58,26 @@ class ActionCall(Protocol):
     def idempotency_key(self) -> str: ...
 
 
+class ObserverActions(Protocol):
+    """An observer's actions by name (the config's ``Observer`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def actions(self) -> tuple[ActionSpec, ...]: ...
+    def action(self, name: str) -> ActionSpec | None: ...
+    def action_keys(self) -> list[str]: ...
+
+
 class ActionExecutor:
     def __init__(
         self,
-        config: Config,
+        observers: Iterable[ObserverActions],
         pool: AsyncConnectionPool[Connection],
         http: httpx.AsyncClient,
         threads: ThreadRunner,
     ) -> None:
-        self.observers = {obs.name: obs for obs in config.observers}
+        self.observers = {obs.name: obs for obs in observers}
         self.pool = pool
         self.http = http
         self.threads = threads
@@ -77,7 +88,7 @@ class ActionExecutor:
         """``observer/action`` of every action this executor can run."""
         return [key for obs in self.observers.values() for key in obs.action_keys()]
 
-    def _spec(self, call: ActionCall) -> tuple[Observer, ActionSpec] | None:
+    def _spec(self, call: ActionCall) -> tuple[ObserverActions, ActionSpec] | None:
         obs = self.observers.get(call.observer)
         spec = obs.action(call.action) if obs is not None else None
         return None if obs is None or spec is None else (obs, spec)

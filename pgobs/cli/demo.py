@@ -20,9 +20,9 @@ from pgobs.config.loader import parse_config
 from pgobs.config.report import ConfigInvalid
 from pgobs.db.connect import connect
 from pgobs.db.migrate import migrate
+from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.errors import PgobsError
 from pgobs.listener.listener import Listener, ListenerSettings
-from pgobs.listener.notifier import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.queue import dlq
 from pgobs.queue.worker import WorkerPool, WorkerSettings
 

@@ -10,16 +10,17 @@ from collections import Counter
 from pathlib import Path as FsPath
 from typing import Any
 
+from pgobs.actions.egress import EgressPolicy, is_private, literal_address
 from pgobs.actions.specs import (
     ActionSpec,
     SlackSpec,
     WebhookSpec,
     action_type,
     derived_name,
-    parse_action,
 )
 from pgobs.conditions import ConditionSyntaxError, compile_condition
-from pgobs.config.egress import EgressPolicy, is_private, literal_address, parse_egress
+from pgobs.config.actions import parse_action
+from pgobs.config.egress import parse_egress
 from pgobs.config.fields import Fields
 from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
 from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues

@@ -26,11 +26,11 @@ import psycopg
 
 from pgobs.config.model import Config
 from pgobs.db.connect import Connection, connect
+from pgobs.db.notify import Doorbell
 from pgobs.db.sqlfiles import query
 from pgobs.errors import PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
-from pgobs.listener.notifier import Doorbell
 from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
 

@@ -16,8 +16,8 @@ import threading
 
 import anyio
 
+from pgobs.db.notify import ThreadSafeDoorbell
 from pgobs.listener.listener import Listener
-from pgobs.listener.notifier import ThreadSafeDoorbell
 
 
 class ListenerThread:

@@ -23,7 +23,7 @@ import psycopg
 from pgobs.actions.failures import Failure
 from pgobs.actions.threads import ThreadRunner
 from pgobs.config.model import Config
-from pgobs.listener.notifier import Doorbell
+from pgobs.db.notify import Doorbell
 from pgobs.observability import metrics
 from pgobs.queue.backoff import retry_delay_s
 from pgobs.queue.jobs import Batch, Job, JobStore, Outcome

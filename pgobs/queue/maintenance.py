@@ -8,7 +8,7 @@ import logging
 import anyio
 import psycopg
 
-from pgobs.listener.notifier import Doorbell
+from pgobs.db.notify import Doorbell
 from pgobs.observability import metrics
 from pgobs.queue.jobs import JobStore
 

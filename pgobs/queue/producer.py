@@ -18,8 +18,8 @@ import anyio
 import psycopg
 from anyio.streams.memory import MemoryObjectSendStream
 
+from pgobs.db.notify import Doorbell
 from pgobs.errors import ConnectionFailed
-from pgobs.listener.notifier import Doorbell
 from pgobs.queue.completer import Completer
 from pgobs.queue.jobs import Job, JobStore
 

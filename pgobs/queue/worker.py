@@ -21,7 +21,7 @@ from pgobs.actions.executor import ActionExecutor
 from pgobs.actions.threads import ThreadRunner
 from pgobs.config.model import Config
 from pgobs.db.connect import open_pool
-from pgobs.listener.notifier import Doorbell
+from pgobs.db.notify import Doorbell
 from pgobs.queue.completer import Completer, FaultHook
 from pgobs.queue.jobs import Job, JobStore
 from pgobs.queue.maintenance import Maintenance
@@ -115,7 +115,7 @@ class WorkerPool:
             ) as http,
         ):
             store = JobStore(self.dsn, control, self.worker_id, s.lease_s)
-            executor = ActionExecutor(self.config, actions, http, self.threads)
+            executor = ActionExecutor(self.config.observers, actions, http, self.threads)
             completer = Completer(store, self.config, self.doorbell, self.faults)
             runners = Runners(
                 executor,

@@ -16,9 +16,9 @@ import pytest
 from pgobs.config.loader import parse_config
 from pgobs.db.connect import connect
 from pgobs.db.migrate import migrate
+from pgobs.db.notify import Doorbell
 from pgobs.db.sqlfiles import migration_files, query
 from pgobs.listener.listener import Checkpoint, Listener, ListenerSettings
-from pgobs.listener.notifier import Doorbell
 from pgobs.observability import metrics
 from tests.inprocess import ALL_ORDERS, InProcessListener
 from tests.support import execute, fetch, scalar, wait_until

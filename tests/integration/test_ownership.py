@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from pgobs.config.loader import parse_config
-from pgobs.listener.notifier import Doorbell
+from pgobs.db.notify import Doorbell
 from pgobs.queue.dlq import dead_ids, retry_dead
 from pgobs.queue.worker import WorkerPool, WorkerSettings
 from tests import inproc_handlers as handlers

@@ -6,7 +6,7 @@ import threading
 
 import anyio
 
-from pgobs.listener.notifier import ThreadSafeDoorbell
+from pgobs.db.notify import ThreadSafeDoorbell
 
 
 def test_a_ring_from_another_thread_wakes_the_waiting_loop() -> None:

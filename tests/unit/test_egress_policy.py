@@ -7,9 +7,9 @@ from ipaddress import ip_address, ip_network
 import httpx
 import pytest
 
+from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.actions.failures import ActionFailed
 from pgobs.actions.http import deliver
-from pgobs.config.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.config.loader import parse_config
 
 
