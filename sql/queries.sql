@@ -94,8 +94,9 @@ WITH s AS MATERIALIZED (
     SELECT %(snapshot)s::text::pg_snapshot AS prev,
            coalesce(%(target)s::text::pg_snapshot, pg_current_snapshot()) AS cur
 )
-SELECT s.cur::text, r.id, r.txid::text::bigint, r.entity_type, r.entity_id, r.event_type,
-       r.data, r.old_data, r.changed_fields, r.tenant, r.actor, r.created_at, r.size
+SELECT s.cur::text AS target, r.id, r.txid::text::bigint AS txid, r.entity_type, r.entity_id,
+       r.event_type, r.data, r.old_data, r.changed_fields, r.tenant, r.actor, r.created_at,
+       r.size
 FROM s LEFT JOIN LATERAL pgobs.read_events(
     s.prev, s.cur, %(txid)s::text::xid8, %(event_id)s, %(limit)s, %(max_bytes)s) AS r ON true
 

@@ -99,3 +99,10 @@ async def block_loop(event: Event) -> None:
     deadline = time.monotonic() + 100
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def hang_sync(event: Event) -> None:
+    """A plain def handler that never comes back (as far as any test waits)."""
+    with psycopg.connect(os.environ["PGOBS_DSN"], autocommit=True) as conn:
+        conn.execute("INSERT INTO starts (event_id, pid) VALUES (%s, %s)", (event.id, os.getpid()))
+    time.sleep(3600)

@@ -19,10 +19,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import anyio
 import psycopg
+from psycopg.rows import kwargs_row
 
 from pgobs.config.model import Config
 from pgobs.db.connect import Connection, connect
@@ -317,23 +319,24 @@ class Listener:
         leader that lost its session writes nothing.
         """
         started = time.perf_counter()
-        cur = await conn.execute(
-            query("fetch_committed_events"),
-            {
-                **checkpoint.position(),
-                "limit": self.settings.batch_size,
-                "max_bytes": self.settings.batch_bytes,
-            },
-        )
-        rows = await cur.fetchall()
-        target: str = rows[0][0]
-        if rows[0][1] is None:
+        async with conn.cursor(row_factory=kwargs_row(_read_row)) as cur:
+            await cur.execute(
+                query("fetch_committed_events"),
+                {
+                    **checkpoint.position(),
+                    "limit": self.settings.batch_size,
+                    "max_bytes": self.settings.batch_bytes,
+                },
+            )
+            rows = await cur.fetchall()
+        target = rows[0].target
+        if rows[0].event is None:
             # The slice is drained: what is visible in the target has all been fanned out.
             # Kept in memory only; read from the stored checkpoint, the slice is empty too.
             checkpoint.snapshot, checkpoint.target = target, None
             return 0
-        events = [_event(row) for row in rows]
-        size = sum(row[-1] for row in rows)
+        events = [row.event for row in rows if row.event is not None]
+        size = sum(row.size for row in rows)
         drained = len(rows) < self.settings.batch_size and size < self.settings.batch_bytes
         plan = plan_fanout(events, self.index)
         last = events[-1]
@@ -452,18 +455,45 @@ class Listener:
             await own.close()
 
 
-def _event(row: tuple[Any, ...]) -> Event:
-    """A row of fetch_committed_events (after the target snapshot; before the size)."""
-    return Event(
-        id=row[1],
-        txid=row[2],
-        entity_type=row[3],
-        entity_id=row[4],
-        event_type=row[5],
-        data=row[6],
-        old_data=row[7],
-        changed_fields=row[8],
-        tenant=row[9],
-        actor=row[10],
-        created_at=row[11],
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A row of fetch_committed_events: the slice's target snapshot, and an event of it (None
+    when the slice is empty) with its size as received."""
+
+    target: str
+    event: Event | None
+    size: int
+
+
+def _read_row(
+    *,
+    target: str,
+    id: int | None,
+    txid: int | None,
+    entity_type: str | None,
+    entity_id: str | None,
+    event_type: str | None,
+    data: Any,
+    old_data: Any,
+    changed_fields: list[str] | None,
+    tenant: str | None,
+    actor: str | None,
+    created_at: datetime | None,
+    size: int | None,
+) -> _Read:
+    if id is None or entity_type is None or event_type is None:
+        return _Read(target, None, 0)
+    event = Event(
+        id=id,
+        txid=txid or 0,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        event_type=event_type,
+        data=data,
+        old_data=old_data,
+        changed_fields=changed_fields,
+        tenant=tenant,
+        actor=actor,
+        created_at=created_at,
     )
+    return _Read(target, event, size or 0)
