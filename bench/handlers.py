@@ -48,10 +48,10 @@ async def latency(event: Event) -> None:
     one is the warm-up: seeing it proves the listener leads and this worker runs, so the timed
     inserts start on a ready pipeline (``<out>.ready`` appears), as the pgqueuer peer's do."""
     started = time.time()
-    sent = (event.data or {}).get("sent")
-    if not isinstance(sent, float | int):
+    sent = (event.data or {}).get("sent")  # a Decimal: pgobs keeps numbers exact
+    if sent is None:
         _report({"ready": started}, _OUT + ".ready")
         return
-    _latencies.append(started - sent)
+    _latencies.append(started - float(sent))
     if len(_latencies) == _TARGET:
         _report({"latencies": _latencies, "last": time.time()})
