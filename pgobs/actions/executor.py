@@ -58,6 +58,9 @@ class ActionCall(Protocol):
     def idempotency_key(self) -> str: ...
 
 
+_UNSEEN = object()
+
+
 class ObserverActions(Protocol):
     """An observer's actions by name (the config's ``Observer`` is one)."""
 
@@ -83,15 +86,21 @@ class ActionExecutor:
         self.threads = threads
         self._children: dict[str, tuple[Histogram, Counter]] = {}
         self._targets: dict[tuple[str, str], str] = {}
+        # Found once per action: the lookup is on every job's path.
+        self._specs: dict[tuple[str, str], object] = {}
 
     def action_keys(self) -> list[str]:
         """``observer/action`` of every action this executor can run."""
         return [key for obs in self.observers.values() for key in obs.action_keys()]
 
     def _spec(self, call: ActionCall) -> tuple[ObserverActions, ActionSpec] | None:
-        obs = self.observers.get(call.observer)
-        spec = obs.action(call.action) if obs is not None else None
-        return None if obs is None or spec is None else (obs, spec)
+        key = (call.observer, call.action)
+        found = self._specs.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            obs = self.observers.get(call.observer)
+            spec = obs.action(call.action) if obs is not None else None
+            found = self._specs[key] = None if obs is None or spec is None else (obs, spec)
+        return found  # type: ignore[return-value]  # _UNSEEN was replaced above
 
     def timeout_s(self, call: ActionCall) -> float:
         """How long ``call``'s action may run; the caller enforces it."""

@@ -31,6 +31,11 @@ from pgobs.queue.jobs import Batch, Job, JobStore, Outcome
 log = logging.getLogger("pgobs.queue")
 
 MESSAGE_LIMIT = 4000
+# A start is written once its job has run this long: a faster job writes only its outcome (which
+# carries the attempt), so counting starts costs no statement of its own for most jobs. A worker
+# killed within this much of a start does not count that attempt (the claims guard bounds a job
+# that kills its worker every time).
+START_RECORD_S = 0.05
 DRAIN_S = 10.0  # at shutdown, how long outcomes may take to be written
 
 State = Literal["claimed", "started", "finished", "parked"]
@@ -63,6 +68,7 @@ class Completer:
         self.completed = 0
         self._faults = faults
         self._pending = Batch()
+        self._starts: dict[int, tuple[float, int]] = {}  # job id -> (when to write, attempt)
         self._ready = Doorbell()
         self._flushing = anyio.Lock()  # one writer: drain waits for a batch half written
         self._writing: set[int] = set()
@@ -87,8 +93,9 @@ class Completer:
             return False
         held.state = "started"
         held.stop = stop
-        self._pending.starts[job.id] = job.attempt
-        self._ready.ring()
+        self._starts[job.id] = (anyio.current_time() + START_RECORD_S, job.attempt)
+        if len(self._starts) == 1:
+            self._ready.ring()  # the writer sets its timer for this start
         return True
 
     def finish(self, job: Job, failure: Failure | None) -> None:
@@ -99,6 +106,7 @@ class Completer:
         held.state = "finished"
         held.stop = None
         self.finished += 1
+        self._starts.pop(job.id, None)
         self._pending.starts.pop(job.id, None)
         self._pending.outcomes[job.id] = self._outcome(job, failure)
         self._ready.ring()
@@ -151,15 +159,29 @@ class Completer:
     # -- the writer ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Write starts and outcomes as they come, until cancelled."""
+        """Write outcomes as they come, and starts as they come due, until cancelled."""
         while True:
-            await self._ready.wait(math.inf)
+            if self._starts:
+                due = next(iter(self._starts.values()))[0]
+                await self._ready.wait(max(0.0, due - anyio.current_time()))
+            else:
+                await self._ready.wait(math.inf)
             await self.flush()
 
-    async def flush(self) -> None:
-        """Write everything pending; connection trouble is retried until it is written."""
+    async def flush(self, *, every_start: bool = False) -> None:
+        """Write everything pending (starts only once due, unless ``every_start``); connection
+        trouble is retried until it is written."""
         async with self._flushing:
+            self._take_starts(every_start)
             await self._flush()
+
+    def _take_starts(self, every_start: bool) -> None:
+        now = anyio.current_time()
+        for job_id, (due, attempt) in list(self._starts.items()):
+            if due > now and not every_start:
+                break  # in start order, so the rest are later still
+            del self._starts[job_id]
+            self._pending.starts[job_id] = attempt
 
     async def _flush(self) -> None:
         while len(self._pending):
@@ -202,6 +224,7 @@ class Completer:
                 job_id = next(iter(single.ids()))
                 log.error("cannot record the start or outcome of job %s: %s", job_id, exc)
                 self._drop(job_id)
+                self.capacity.ring()
                 continue
             self._written(single, written.ids, written.dead_observers)
 
@@ -220,6 +243,7 @@ class Completer:
                 self.completed += 1
             elif outcome.kind == "retry":
                 heapq.heappush(self._retries_due, now + outcome.delay_s)
+        self.capacity.ring()
         if any(o.kind == "retry" for o in batch.outcomes.values()):
             self.jobs_bell.ring()
         for observer in dead_observers:
@@ -228,7 +252,7 @@ class Completer:
     async def drain(self) -> None:
         """Shutdown: write every outcome there is (for at most ``DRAIN_S``)."""
         with anyio.move_on_after(DRAIN_S) as scope:
-            await self.flush()
+            await self.flush(every_start=True)
         if scope.cancelled_caught:
             log.warning(
                 "%d job outcome(s) could not be written before shutdown; their leases will "
@@ -273,6 +297,7 @@ class Completer:
         metrics.leases_lost.labels(held.job.observer).inc()
         stop = held.stop
         self._drop(job_id)
+        self.capacity.ring()
         if stop is not None:
             stop()
 
@@ -280,9 +305,9 @@ class Completer:
         held = self.held.pop(job_id, None)
         if held is not None:
             self.held_bytes -= held.job.size
+        self._starts.pop(job_id, None)
         self._pending.starts.pop(job_id, None)
         self._pending.outcomes.pop(job_id, None)
-        self.capacity.ring()
 
     async def _fault(self, point: str) -> None:
         if self._faults is not None:

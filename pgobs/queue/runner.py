@@ -64,6 +64,7 @@ class Runners:
         self.target_share = target_share  # how many runners one target may fill at once
         self._busy_targets: collections.Counter[str] = collections.Counter()
         self._aside_targets: collections.Counter[str] = collections.Counter()
+        self._aside_count = 0
         self.grace_s = grace_s
         self.stopping = anyio.Event()
         self._slots: list[_Slot] = []
@@ -82,7 +83,7 @@ class Runners:
 
     @property
     def waiting_aside(self) -> int:
-        return sum(self._aside_targets.values())
+        return self._aside_count
 
     def _share(self, observer: str) -> int:
         return self.shares.get(observer, self.concurrency)
@@ -128,6 +129,7 @@ class Runners:
         if not self._may_start(job):
             self._aside[job.observer].append(job)
             self._aside_targets[self.executor.target(job)] += 1
+            self._aside_count += 1
             return False
         return True
 
@@ -139,12 +141,15 @@ class Runners:
 
     def _next_aside(self, observer: str | None) -> Job | None:
         """A job set aside that may start now: ``observer``'s first, as its run just ended."""
+        if not self._aside_count:
+            return None
         names = [observer] if observer is not None else []
         for name in [*names, *self._aside]:
             waiting = self._aside.get(name)
             if waiting and self._may_start(waiting[0]):
                 job = waiting.popleft()
                 self._aside_targets[self.executor.target(job)] -= 1
+                self._aside_count -= 1
                 return job
         return None
 
