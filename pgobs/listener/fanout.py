@@ -11,11 +11,26 @@ from pgobs.events import DATA_ERROR_KEY, Event
 
 
 class ObserverIndex:
-    """Observers by (entity_type, event_type), so each event only meets those that can match."""
+    """Observers by (entity_type, event_type), so each event only meets those that can match;
+    and every action numbered once (its ref), so a batch sends two numbers per job and the
+    actions' columns once, not seven columns per job."""
 
     def __init__(self, config: Config) -> None:
         self._observers = config.observers
         self._by_key: dict[tuple[str, str], tuple[Observer, ...]] = {}
+        self.refs: dict[str, tuple[int, ...]] = {}  # observer -> its actions' refs, in order
+        self.catalog: dict[str, list[Any]] = {column: [] for column in CATALOG_COLUMNS}
+        for obs in config.observers:
+            first = len(self.catalog["observers"]) + 1  # refs count from 1, as ORDINALITY
+            for position, (name, spec) in enumerate(
+                zip(obs.action_names, obs.actions, strict=True)
+            ):
+                row = (obs.name, name, position, action_type(spec), obs.priority)
+                for column, value in zip(
+                    CATALOG_COLUMNS, (*row, obs.retry.max_attempts), strict=True
+                ):
+                    self.catalog[column].append(value)
+            self.refs[obs.name] = tuple(range(first, first + len(obs.actions)))
 
     def candidates(self, entity_type: str, event_type: str) -> tuple[Observer, ...]:
         key = (entity_type, event_type)
@@ -31,6 +46,14 @@ class ObserverIndex:
         return found
 
 
+CATALOG_COLUMNS = (
+    "observers",
+    "actions",
+    "action_indexes",
+    "action_types",
+    "priorities",
+    "max_attempts",
+)
 AUDIT_COLUMNS = (
     "audit_event_ids",
     "audit_observers",
@@ -45,13 +68,10 @@ AUDIT_COLUMNS = (
 class FanoutPlan:
     """One batch's writes, column by column, as the fan_out statement takes them."""
 
+    catalog: dict[str, list[Any]]
     event_ids: list[int] = field(default_factory=list)
-    observers: list[str] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    action_indexes: list[int] = field(default_factory=list)
-    action_types: list[str] = field(default_factory=list)
-    priorities: list[int] = field(default_factory=list)
-    max_attempts: list[int] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)  # each job's action, by its catalog ref
+    matched: dict[str, int] = field(default_factory=dict)  # observer -> jobs made for it
     audit: dict[str, list[Any]] = field(
         default_factory=lambda: {name: [] for name in AUDIT_COLUMNS}
     )
@@ -71,12 +91,8 @@ class FanoutPlan:
     def params(self) -> dict[str, Any]:
         return {
             "event_ids": self.event_ids,
-            "observers": self.observers,
-            "actions": self.actions,
-            "action_indexes": self.action_indexes,
-            "action_types": self.action_types,
-            "priorities": self.priorities,
-            "max_attempts": self.max_attempts,
+            "refs": self.refs,
+            **self.catalog,
             **self.audit,
             "notify": bool(self.event_ids),
         }
@@ -84,7 +100,8 @@ class FanoutPlan:
 
 def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
     """One job per matched action. An observer that raises on an event is audited, not fatal."""
-    plan = FanoutPlan()
+    plan = FanoutPlan(index.catalog)
+    refs = index.refs
     for event in events:
         if isinstance(event.data, dict) and DATA_ERROR_KEY in event.data:
             plan.add_audit(event, None, f"event data unavailable: {event.data[DATA_ERROR_KEY]}")
@@ -95,14 +112,8 @@ def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
                 plan.add_audit(event, obs, f"condition failed: {exc!r}")
                 continue
             if matched:
-                for position, (name, spec) in enumerate(
-                    zip(obs.action_names, obs.actions, strict=True)
-                ):
+                for ref in refs[obs.name]:
                     plan.event_ids.append(event.id)
-                    plan.observers.append(obs.name)
-                    plan.actions.append(name)
-                    plan.action_indexes.append(position)
-                    plan.action_types.append(action_type(spec))
-                    plan.priorities.append(obs.priority)
-                    plan.max_attempts.append(obs.retry.max_attempts)
+                    plan.refs.append(ref)
+                plan.matched[obs.name] = plan.matched.get(obs.name, 0) + len(refs[obs.name])
     return plan

@@ -17,14 +17,13 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import anyio
 import psycopg
-from psycopg.rows import kwargs_row
+from psycopg.rows import args_row
 
 from pgobs.config.model import Config
 from pgobs.db.connect import Connection, connect
@@ -319,7 +318,7 @@ class Listener:
         leader that lost its session writes nothing.
         """
         started = time.perf_counter()
-        async with conn.cursor(row_factory=kwargs_row(_read_row)) as cur:
+        async with conn.cursor(row_factory=args_row(_read_row)) as cur:
             await cur.execute(
                 query("fetch_committed_events"),
                 {
@@ -358,7 +357,7 @@ class Listener:
         self.events_processed += len(events)
         metrics.events_processed.labels(**self._labels).inc(len(events))
         metrics.listener_batch_bytes.observe(size)
-        for observer, count in Counter(plan.observers).items():
+        for observer, count in plan.matched.items():
             metrics.jobs_created.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
         return len(events)
@@ -466,7 +465,6 @@ class _Read:
 
 
 def _read_row(
-    *,
     target: str,
     id: int | None,
     txid: int | None,
@@ -481,6 +479,7 @@ def _read_row(
     created_at: datetime | None,
     size: int | None,
 ) -> _Read:
+    """The query's columns, in order (see ``_claimed_job``)."""
     if id is None or entity_type is None or event_type is None:
         return _Read(target, None, 0)
     event = Event(

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import kwargs_row
+from psycopg.rows import args_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgobs.actions.failures import ErrorKind
@@ -133,7 +133,7 @@ class JobStore:
             self._claim_conn = await connect(self.dsn, autocommit=True)
             await self._claim_conn.execute(query("claimer_session_settings"))
         try:
-            async with self._claim_conn.cursor(row_factory=kwargs_row(_claimed_job)) as cur:
+            async with self._claim_conn.cursor(row_factory=args_row(_claimed_job)) as cur:
                 await cur.execute(
                     query("claim_jobs"),
                     {
@@ -209,7 +209,6 @@ class JobStore:
 
 
 def _claimed_job(
-    *,
     id: int,
     observer: str,
     action: str,
@@ -230,7 +229,9 @@ def _claimed_job(
     created_at: datetime | None,
     size: int,
 ) -> Job:
-    """One row of claim_jobs: the job, with its event's row or else its payload's copy."""
+    """One row of claim_jobs: the job, with its event's row or else its payload's copy. The
+    parameters are the query's columns, in order (positional: a dict per row cost more than the
+    rest of the mapping; tests/integration/test_query_plans.py checks the names match)."""
     event: Event | None = None
     if entity_type is not None:
         event = Event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 from typing import Any
@@ -10,7 +11,8 @@ import psycopg
 import pytest
 
 from pgobs.db.sqlfiles import query
-from pgobs.queue.jobs import Batch, Outcome
+from pgobs.listener.listener import _read_row
+from pgobs.queue.jobs import Batch, Outcome, _claimed_job
 from tests.support import execute
 
 ROWS = 20_000
@@ -117,3 +119,32 @@ def test_outcome_writes_find_jobs_by_key(filled: str) -> None:
         batch.outcomes[i] = Outcome(i, 1, kind, "e", "transient", 0.1)
     tree = plan(filled, "write_outcomes", batch.params("w"))
     assert "jobs" not in seq_scans(tree) and "events" not in seq_scans(tree)
+
+
+@pytest.mark.parametrize(
+    ("name", "mapper", "params"),
+    [
+        ("claim_jobs", _claimed_job, CLAIM),
+        (
+            "fetch_committed_events",
+            _read_row,
+            {
+                "snapshot": "3:3:",
+                "target": None,
+                "txid": 0,
+                "event_id": 0,
+                "limit": 1,
+                "max_bytes": 1,
+            },
+        ),
+    ],
+)
+def test_rows_map_to_objects_by_the_columns_names(
+    dsn: str, name: str, mapper: Any, params: dict[str, Any]
+) -> None:
+    """Hot queries map rows positionally: the mapper's parameters must be the columns, in order."""
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(query(name), params)
+        columns = [c.name for c in cur.description or []]
+        conn.rollback()
+    assert columns == list(inspect.signature(mapper).parameters)
