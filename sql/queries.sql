@@ -438,8 +438,8 @@ RETURNING observer
 DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
 
 -- name: dlq_list
-SELECT id, observer, action_index, action_type, event_id, attempts, error_kind, last_error,
-       failed_at
+SELECT id, observer, coalesce(action, '#' || action_index) AS action, action_index, action_type,
+       event_id, attempts, error_kind, last_error, failed_at
 FROM pgobs.dlq
 WHERE %(observer)s::text IS NULL OR observer = %(observer)s
 ORDER BY failed_at DESC, id DESC

@@ -37,12 +37,12 @@ def list_(
     if not rows:
         print("the dead-letter queue is empty" + (f" for {observer}" if observer else ""))
         return
-    print("{:>8}  {:<19}  {:<24} {:<10} {:>10} {:>5}  ERROR".format(*COLUMNS))
+    print("{:>8}  {:<19}  {:<24} {:<20} {:>10} {:>5}  ERROR".format(*COLUMNS))
     for r in rows:
         error = (r.last_error or "").replace("\n", " ")
         print(
             f"{r.id:>8}  {r.failed_at:%Y-%m-%d %H:%M:%S}  {r.observer[:24]:<24} "
-            f"{r.action_type:<10} {r.event_id:>10} {r.attempts:>5}  [{r.error_kind}] {error[:80]}"
+            f"{r.action[:20]:<20} {r.event_id:>10} {r.attempts:>5}  [{r.error_kind}] {error[:80]}"
         )
 
 

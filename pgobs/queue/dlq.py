@@ -22,6 +22,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 class DeadLetter:
     id: int
     observer: str
+    action: str  # its identity ('#n' for dead letters from before actions had names)
     action_index: int
     action_type: str
     event_id: int
