@@ -223,7 +223,7 @@ WITH claimed AS (
                 SELECT s.id FROM pgobs.jobs AS s
                 WHERE s.state = 'scheduled' AND s.run_at <= now()
                   AND s.observer || '/' || coalesce(s.action, '#' || s.action_index)
-                      = ANY(%(known)b::text[])
+                      = ANY(%(known)s::text[])
                 ORDER BY s.run_at
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED) AS due
@@ -232,7 +232,7 @@ WITH claimed AS (
                 SELECT a.id FROM pgobs.jobs AS a
                 WHERE a.state = 'available'
                   AND a.observer || '/' || coalesce(a.action, '#' || a.action_index)
-                      = ANY(%(known)b::text[])
+                      = ANY(%(known)s::text[])
                 ORDER BY a.priority DESC, a.id
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED) AS ready
@@ -262,13 +262,13 @@ LEFT JOIN LATERAL (
 WITH started AS (
     UPDATE pgobs.jobs AS j
     SET attempts = s.attempt, attempted_at = now()
-    FROM unnest(%(start_ids)b::bigint[], %(start_attempts)b::int[]) AS s(id, attempt)
-    WHERE j.id = s.id AND j.id = ANY(%(start_ids)b::bigint[])
+    FROM unnest(%(start_ids)s::bigint[], %(start_attempts)s::int[]) AS s(id, attempt)
+    WHERE j.id = s.id AND j.id = ANY(%(start_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
     RETURNING j.id
 ), completed AS (
     DELETE FROM pgobs.jobs AS j
-    WHERE j.id = ANY(%(completed)b::bigint[]) AND j.locked_by = %(worker)s
+    WHERE j.id = ANY(%(completed)s::bigint[]) AND j.locked_by = %(worker)s
       AND j.state = 'running'
     RETURNING j.id
 ), retried AS (
@@ -279,16 +279,16 @@ WITH started AS (
         last_error = r.error,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'error', r.error, 'kind', 'transient', 'at', now()))
-    FROM unnest(%(retry_ids)b::bigint[], %(retry_delays)b::float8[], %(retry_errors)b::text[],
-                %(retry_attempts)b::int[]) AS r(id, delay_s, error, attempt)
-    WHERE j.id = r.id AND j.id = ANY(%(retry_ids)b::bigint[])
+    FROM unnest(%(retry_ids)s::bigint[], %(retry_delays)s::float8[], %(retry_errors)s::text[],
+                %(retry_attempts)s::int[]) AS r(id, delay_s, error, attempt)
+    WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
     RETURNING j.id
 ), failed AS (
     DELETE FROM pgobs.jobs AS j
-    USING unnest(%(dead_ids)b::bigint[], %(dead_errors)b::text[], %(dead_kinds)b::text[],
-                 %(dead_attempts)b::int[]) AS r(id, error, kind, attempt)
-    WHERE j.id = r.id AND j.id = ANY(%(dead_ids)b::bigint[])
+    USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[],
+                 %(dead_attempts)s::int[]) AS r(id, error, kind, attempt)
+    WHERE j.id = r.id AND j.id = ANY(%(dead_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
     RETURNING j.*, r.error, r.kind, r.attempt
 ), dead AS (
@@ -306,9 +306,9 @@ WITH started AS (
     RETURNING job_id, observer
 ), dropped AS (
     DELETE FROM pgobs.jobs AS j
-    USING unnest(%(drop_ids)b::bigint[], %(drop_errors)b::text[], %(drop_kinds)b::text[],
-                 %(drop_attempts)b::int[]) AS r(id, error, kind, attempt)
-    WHERE j.id = r.id AND j.id = ANY(%(drop_ids)b::bigint[])
+    USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[],
+                 %(drop_attempts)s::int[]) AS r(id, error, kind, attempt)
+    WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
     RETURNING j.id, j.event_id, j.observer, j.action_type, r.attempt, r.error, r.kind
 ), audited AS (
@@ -326,7 +326,7 @@ UNION ALL SELECT id, NULL FROM dropped
 -- name: extend_leases
 -- Returns the ids still ours: a missing one lost its lease and is stopped by the caller.
 UPDATE pgobs.jobs SET locked_until = now() + make_interval(secs => %(lease_s)s)
-WHERE id = ANY(%(ids)b::bigint[]) AND locked_by = %(worker)s AND state = 'running'
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'running'
 RETURNING id
 
 -- name: release_jobs
@@ -334,7 +334,7 @@ RETURNING id
 -- counted, and the claim is taken back too).
 UPDATE pgobs.jobs
 SET state = 'available', locked_by = NULL, locked_until = NULL, claims = greatest(claims - 1, 0)
-WHERE id = ANY(%(ids)b::bigint[]) AND locked_by = %(worker)s AND state = 'running'
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'running'
   AND attempted_at IS NULL
 RETURNING id
 
