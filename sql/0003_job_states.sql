@@ -3,7 +3,7 @@
 --
 -- available  due now: claims read these in priority order (index jobs_available)
 -- scheduled  waiting out a retry backoff until run_at (index jobs_scheduled, read from the due end)
--- running    claimed by locked_by until locked_until (index jobs_running, for the rescuer)
+-- running    claimed by locked_by until leased_until (index jobs_running, for the rescuer)
 --
 -- A claim no longer counts an attempt: the worker records when it starts a job (attempted_at),
 -- in the round trip that already writes outcomes, so a job that was claimed but never started
@@ -25,12 +25,17 @@ SET state = CASE WHEN locked_until IS NOT NULL THEN 'running'
 
 DROP INDEX pgobs.jobs_claimable;
 DROP INDEX pgobs.jobs_leased;
+-- Renamed so that a worker of an earlier version, whose statements know nothing of states, fails
+-- loudly instead of claiming or completing jobs behind the new ones' backs: stop every worker
+-- before migrating to 0003.
+ALTER TABLE pgobs.jobs RENAME COLUMN locked_until TO leased_until;
 CREATE INDEX jobs_available ON pgobs.jobs (priority DESC, id) WHERE state = 'available';
 CREATE INDEX jobs_scheduled ON pgobs.jobs (run_at) WHERE state = 'scheduled';
-CREATE INDEX jobs_running ON pgobs.jobs (locked_until) WHERE state = 'running';
+CREATE INDEX jobs_running ON pgobs.jobs (leased_until) WHERE state = 'running';
 
 ALTER TABLE pgobs.dlq ADD COLUMN action text;
 
+COMMENT ON COLUMN pgobs.jobs.leased_until IS 'the lease of a running job: rescued when it passes';
 COMMENT ON COLUMN pgobs.jobs.state IS
     'available (due), scheduled (waiting for run_at after a failure) or running (leased)';
 COMMENT ON COLUMN pgobs.jobs.action IS

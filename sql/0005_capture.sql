@@ -101,6 +101,8 @@ $$;
 -- calls guarded_doc, and so opens a subtransaction, for those rows only).
 CREATE OR REPLACE FUNCTION pgobs.capture_rows() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A table column named like a variable (marker, tenant, actor) means the variable.
+#variable_conflict use_variable
 DECLARE
     tenant text := nullif(current_setting('pgobs.tenant', true), '');
     actor text := nullif(current_setting('pgobs.actor', true), '');
@@ -166,6 +168,8 @@ $$;
 -- the cost of a 20,000-row UPDATE here.
 CREATE OR REPLACE FUNCTION pgobs.capture_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A table column named like a variable (marker, tenant, actor) means the variable.
+#variable_conflict use_variable
 DECLARE
     marker text := pgobs.json_marker(TG_RELID);
     new_doc jsonb;
@@ -227,6 +231,8 @@ CREATE UNLOGGED TABLE pgobs.capture_state (
 -- entity_type, root oid, tracked operations as 'INSERT,UPDATE,...', then the key columns.
 CREATE OR REPLACE FUNCTION pgobs.capture_partitioned() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A table column named like a variable (marker, tenant, actor) means the variable.
+#variable_conflict use_variable
 DECLARE
     entity text := TG_ARGV[0];
     ops text[] := string_to_array(TG_ARGV[2], ',');
@@ -327,6 +333,8 @@ $$;
 -- After the UPDATE: a held half is released and pairing ends. TG_ARGV: as capture_partitioned.
 CREATE OR REPLACE FUNCTION pgobs.capture_moves() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A table column named like a variable (marker, tenant, actor) means the variable.
+#variable_conflict use_variable
 DECLARE
     state_scope text := 'moving_' || TG_ARGV[1] || '_' || pg_trigger_depth();
 BEGIN
@@ -354,6 +362,8 @@ $$;
 -- trigger on partitioned tables clears the mark. TG_ARGV: entity_type, root oid.
 CREATE OR REPLACE FUNCTION pgobs.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A table column named like a variable (marker, tenant, actor) means the variable.
+#variable_conflict use_variable
 DECLARE
     mark text := 'truncating_' || TG_ARGV[1];
 BEGIN
@@ -388,9 +398,17 @@ CREATE OR REPLACE FUNCTION pgobs.emit(
     data        jsonb DEFAULT '{}'
 ) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A table column named like a variable (marker, tenant, actor) means the variable.
+#variable_conflict use_variable
 DECLARE
     new_id bigint;
 BEGIN
+    -- A name, nothing that could pass for a captured type in a log ('INSERT ', 'Insert\t').
+    IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_.:-]{1,128}$' THEN
+        RAISE EXCEPTION 'pgobs.emit: event type % is not a name', quote_nullable(event_type)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'use letters, digits and _ . : - (no spaces), such as order_paid';
+    END IF;
     IF upper(event_type) IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') THEN
         RAISE EXCEPTION 'pgobs.emit: event type % is reserved for captured row changes',
             event_type
@@ -612,6 +630,25 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA pgobs FROM PUBLIC;
 --   pgobs_operator: read events, jobs, the DLQ and the audit trail; retry and purge dead letters.
 --   pgobs_worker:   what `pgobs worker` does: read events, run the job queue, write checkpoints,
 --                   dead letters, the audit trail, the dedup, cache and circuit tables.
+-- Dead letters back to the queue with fresh attempts, in the transaction that removes them; the
+-- job keeps the event as its payload, so a retry works even after the event was purged. The
+-- operator role runs this instead of writing jobs itself: a job it could write would be an event
+-- it could forge.
+CREATE OR REPLACE FUNCTION pgobs.retry_dead_letters(ids bigint[]) RETURNS SETOF bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH taken AS (
+        DELETE FROM pgobs.dlq WHERE id = ANY(ids) RETURNING *
+    )
+    INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, payload,
+                            priority, max_attempts, errors)
+    SELECT event_id, observer, action, action_index, action_type, coalesce(payload, event),
+           priority, max_attempts,
+           errors || jsonb_build_array(jsonb_build_object('retried_from_dlq', id, 'at', now()))
+    FROM taken
+    RETURNING id
+$$;
+REVOKE EXECUTE ON FUNCTION pgobs.retry_dead_letters(bigint[]) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pgobs.create_roles() RETURNS void
 LANGUAGE plpgsql SET client_min_messages = warning AS $$
 DECLARE
@@ -632,7 +669,7 @@ BEGIN
 
     GRANT SELECT ON pgobs.events, pgobs.jobs, pgobs.dlq, pgobs.audit, pgobs.checkpoints,
         pgobs.listeners, pgobs.circuits TO pgobs_operator;
-    GRANT INSERT ON pgobs.jobs TO pgobs_operator;
+    GRANT EXECUTE ON FUNCTION pgobs.retry_dead_letters(bigint[]) TO pgobs_operator;
     GRANT DELETE ON pgobs.dlq TO pgobs_operator;
 
     GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgobs TO pgobs_worker;

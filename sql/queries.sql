@@ -215,7 +215,7 @@ SELECT pgobs.untrack(%(table)s::regclass)
 WITH claimed AS (
     UPDATE pgobs.jobs AS j
     SET state = 'running', locked_by = %(worker)s,
-        locked_until = now() + make_interval(secs => %(lease_s)s),
+        leased_until = now() + make_interval(secs => %(lease_s)s),
         attempted_at = NULL, claims = j.claims + 1
     WHERE j.id = ANY(ARRAY(
         SELECT c.id FROM (
@@ -238,15 +238,19 @@ WITH claimed AS (
                 FOR UPDATE SKIP LOCKED) AS ready
         ) AS c
         LIMIT %(limit)s))
-    RETURNING j.id, j.event_id, j.observer, j.action, j.action_index, j.attempts,
-              j.max_attempts, j.claims, j.payload
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_index, j.action_type,
+              j.attempts, j.max_attempts, j.claims, j.payload
 )
 SELECT c.id, c.observer, coalesce(c.action, '#' || c.action_index) AS action, c.action_index,
-       c.attempts, c.max_attempts, c.claims, c.payload,
+       c.action_type, c.attempts, c.max_attempts, c.claims, c.payload,
        c.event_id, e.entity_type, e.entity_id, e.event_type, e.data, e.old_data,
        e.changed_fields, e.tenant, e.actor, e.created_at,
-       coalesce(pg_column_size(e.data), 0) + coalesce(pg_column_size(e.old_data), 0)
-           + coalesce(pg_column_size(c.payload), 0) AS size
+       -- As received: a compressed value counts its text (stored, it can be 10x smaller).
+       CASE WHEN pg_column_compression(e.data) IS NULL THEN coalesce(pg_column_size(e.data), 0)
+            ELSE octet_length(e.data::text) END
+       + CASE WHEN pg_column_compression(e.old_data) IS NULL
+              THEN coalesce(pg_column_size(e.old_data), 0) ELSE octet_length(e.old_data::text) END
+       + coalesce(pg_column_size(c.payload), 0) AS size
 FROM claimed c
 LEFT JOIN LATERAL (
     SELECT * FROM pgobs.events AS ev WHERE ev.id = c.event_id LIMIT 1
@@ -274,7 +278,7 @@ WITH started AS (
 ), retried AS (
     UPDATE pgobs.jobs AS j
     SET state = CASE WHEN r.delay_s > 0 THEN 'scheduled' ELSE 'available' END,
-        locked_by = NULL, locked_until = NULL, attempted_at = NULL, attempts = r.attempt,
+        locked_by = NULL, leased_until = NULL, attempted_at = NULL, attempts = r.attempt,
         run_at = now() + make_interval(secs => r.delay_s),
         last_error = r.error,
         errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -325,7 +329,7 @@ UNION ALL SELECT id, NULL FROM dropped
 
 -- name: extend_leases
 -- Returns the ids still ours: a missing one lost its lease and is stopped by the caller.
-UPDATE pgobs.jobs SET locked_until = now() + make_interval(secs => %(lease_s)s)
+UPDATE pgobs.jobs SET leased_until = now() + make_interval(secs => %(lease_s)s)
 WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'running'
 RETURNING id
 
@@ -333,22 +337,21 @@ RETURNING id
 -- Graceful shutdown: claimed jobs that never started go back as they were (no attempt was
 -- counted, and the claim is taken back too).
 UPDATE pgobs.jobs
-SET state = 'available', locked_by = NULL, locked_until = NULL, claims = greatest(claims - 1, 0)
+SET state = 'available', locked_by = NULL, leased_until = NULL, claims = greatest(claims - 1, 0)
 WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker)s AND state = 'running'
   AND attempted_at IS NULL
 RETURNING id
 
 -- name: dead_letter_expired_jobs
 -- A lease that ran out means its worker died or stalled. A job it had started spent that
--- attempt: on its last one it goes to the DLQ here. So does a job claimed five times more often
--- than it ever started: it kills or stalls its worker before the start can be recorded.
+-- attempt: on its last one it goes to the DLQ here. (A job claimed again after such a rescue
+-- has its start written before it runs, so one that kills its worker does spend attempts.)
 WITH failed AS (
     DELETE FROM pgobs.jobs AS j
     WHERE j.id = ANY(ARRAY(
         SELECT id FROM pgobs.jobs
-        WHERE state = 'running' AND locked_until < now()
-          AND ((attempted_at IS NOT NULL AND attempts >= max_attempts)
-               OR claims - attempts >= 5)
+        WHERE state = 'running' AND leased_until < now()
+          AND attempted_at IS NOT NULL AND attempts >= max_attempts
         LIMIT 1000
         FOR UPDATE SKIP LOCKED))
     RETURNING j.*
@@ -365,17 +368,15 @@ SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
            'worker', f.locked_by)),
        f.created_at
 FROM failed f
-CROSS JOIN LATERAL (SELECT CASE WHEN f.attempted_at IS NOT NULL
-    THEN 'lease expired on the last attempt: the worker running it died or stalled'
-    ELSE 'claimed ' || f.claims || ' times and never started: it kills or stalls the worker '
-         'that takes it' END AS message) AS m
+CROSS JOIN LATERAL (SELECT
+    'lease expired on the last attempt: the worker running it died or stalled' AS message) AS m
 RETURNING observer
 
 -- name: rescue_expired_jobs
 -- The other expired leases: the job is claimable again. One that had started spent its attempt
 -- and gets the error in its history; one that never started spent nothing.
 UPDATE pgobs.jobs AS j
-SET state = 'available', locked_by = NULL, locked_until = NULL, attempted_at = NULL,
+SET state = 'available', locked_by = NULL, leased_until = NULL, attempted_at = NULL,
     last_error = CASE WHEN j.attempted_at IS NOT NULL
         THEN 'lease expired: the worker running it died or stalled' ELSE j.last_error END,
     errors = CASE WHEN j.attempted_at IS NOT NULL
@@ -385,7 +386,7 @@ SET state = 'available', locked_by = NULL, locked_until = NULL, attempted_at = N
         ELSE j.errors END
 WHERE j.id = ANY(ARRAY(
     SELECT id FROM pgobs.jobs
-    WHERE state = 'running' AND locked_until < now()
+    WHERE state = 'running' AND leased_until < now()
     LIMIT 1000
     FOR UPDATE SKIP LOCKED))
 RETURNING id
@@ -397,22 +398,27 @@ VALUES (%(worker)s, %(host)s, %(pid)s, %(actions)s)
 ON CONFLICT (worker_id) DO UPDATE SET actions = EXCLUDED.actions, last_seen = now()
 
 -- name: unregister_worker
-DELETE FROM pgobs.workers WHERE worker_id = %(worker)s
+-- A stopped worker's row stays: the actions it knew count as known for a while after (a
+-- restart is not a removal); rows a day old go in dead_letter_unknown_actions.
+UPDATE pgobs.workers SET last_seen = now() WHERE worker_id = %(worker)s
 
 -- name: dead_letter_unknown_actions
--- Jobs whose action no live worker has known for after_s: removed from the config for good (a
--- rolling deploy keeps at least one worker that knows it alive). Only while some worker lives.
-WITH live AS (
+-- Jobs whose action no worker, running or stopped, has known for after_s: removed from the
+-- config for good (in a rolling deploy or a restart, a worker that knows it was seen lately).
+-- Only while some worker is running (seen within after_s), and only jobs due for after_s.
+WITH gone AS (
+    DELETE FROM pgobs.workers WHERE last_seen < now() - interval '1 day'
+), known AS (
     SELECT DISTINCT unnest(actions) AS action_key FROM pgobs.workers
-    WHERE last_seen > now() - interval '30 seconds'
+    WHERE last_seen > now() - make_interval(secs => %(after_s)s)
 ), failed AS (
     DELETE FROM pgobs.jobs AS j
     WHERE j.id = ANY(ARRAY(
         SELECT id FROM pgobs.jobs AS q
         WHERE q.state IN ('available', 'scheduled')
           AND q.run_at < now() - make_interval(secs => %(after_s)s)
-          AND EXISTS (SELECT 1 FROM live)
-          AND NOT EXISTS (SELECT 1 FROM live WHERE live.action_key =
+          AND EXISTS (SELECT 1 FROM known)
+          AND NOT EXISTS (SELECT 1 FROM known WHERE known.action_key =
                           q.observer || '/' || coalesce(q.action, '#' || q.action_index))
         LIMIT 1000
         FOR UPDATE SKIP LOCKED))
@@ -454,18 +460,9 @@ WHERE %(observer)s::text IS NULL OR observer = %(observer)s
 ORDER BY id
 
 -- name: dlq_retry
--- Back to the queue with fresh attempts, in the transaction that removes the dead letter. The
--- job keeps the event as its payload, so a retry works even after the event was purged.
-WITH taken AS (
-    DELETE FROM pgobs.dlq WHERE id = ANY(%(ids)s) RETURNING *
-)
-INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, payload,
-                        priority, max_attempts, errors)
-SELECT event_id, observer, action, action_index, action_type, coalesce(payload, event), priority,
-       max_attempts,
-       errors || jsonb_build_array(jsonb_build_object('retried_from_dlq', id, 'at', now()))
-FROM taken
-RETURNING id
+-- Back to the queue with fresh attempts (pgobs.retry_dead_letters in 0005: the operator role
+-- may move dead letters back, not write jobs of its own).
+SELECT id FROM pgobs.retry_dead_letters(%(ids)s::bigint[]) AS id
 
 -- name: dlq_stats
 SELECT count(*), count(*) FILTER (WHERE error_kind = 'transient'),

@@ -56,3 +56,14 @@ def sync_exit(event: Event) -> None:
 
 async def async_exit(event: Event) -> None:
     raise SystemExit(4)
+
+
+async def async_cancelled(event: Event) -> None:
+    """Lets a CancelledError of its own escape (an inner task it cancelled, say)."""
+    import asyncio
+
+    raise asyncio.CancelledError
+
+
+def sync_generator_exit(event: Event) -> None:
+    raise GeneratorExit

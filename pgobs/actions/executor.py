@@ -56,6 +56,10 @@ class ActionCall(Protocol):
     def attempt(self) -> int: ...
     @property
     def idempotency_key(self) -> str: ...
+    @property
+    def run_key(self) -> str: ...  # this run of the job, unique across its claims
+    @property
+    def action_type(self) -> str: ...  # the type the job was made for
 
 
 _UNSEEN = object()
@@ -165,6 +169,14 @@ class ActionExecutor:
             )
         spec = found[1]
         kind = action_type(spec)
+        if call.action.startswith("#") and call.action_type and kind != call.action_type:
+            # Made before actions had names: found by position, which now holds another action.
+            return Failure(
+                f"this job was made for the {call.action_type} action at position "
+                f"{call.action[1:]} of observer {call.observer!r}, which is now a {kind} action: "
+                "put that action back at its position, or drop this dead letter",
+                "permanent",
+            )
         started = time.perf_counter()
         failure: Failure | None = None
         try:
@@ -199,7 +211,7 @@ class ActionExecutor:
 
     async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> None:
         if isinstance(spec, PythonSpec):  # first: the hot path of the benchmarks
-            await call_handler(spec, event, self.threads, call.idempotency_key)
+            await call_handler(spec, event, self.threads, call.run_key)
             return
         context = _context(event, call)
         if isinstance(spec, WebhookSpec):

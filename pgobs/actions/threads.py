@@ -55,7 +55,7 @@ class _Call:
         self.error: BaseException | None = None
         self.started = False
         self.abandoned_at: float | None = None  # when the caller gave up, if it did
-        self.on_return: Callable[[], None] | None = None
+        self.on_return: list[Callable[[], None]] = []
 
 
 class ThreadRunner:
@@ -114,11 +114,11 @@ class ThreadRunner:
 
     def on_return(self, key: str, callback: Callable[[], None]) -> None:
         """Call ``callback`` on the event loop once the stuck call ``key`` returns (right away
-        if it has already)."""
+        if it has already); several callbacks run in the order given."""
         with self._lock:
             call = self._stuck.get(key)
             if call is not None:
-                call.on_return = callback
+                call.on_return.append(callback)
                 return
         callback()
 
@@ -180,7 +180,9 @@ class ThreadRunner:
         while finished:
             call = finished.popleft()
             with self._lock:
-                was_stuck = self._stuck.pop(call.key, None) is call
+                was_stuck = self._stuck.get(call.key) is call
+                if was_stuck:
+                    del self._stuck[call.key]
                 on_return = call.on_return
             call.done.set()
             if was_stuck:
@@ -188,8 +190,8 @@ class ThreadRunner:
                 log.warning(
                     "%s returned %.1fs after its timeout; its thread is free", call.label, held
                 )
-                if on_return is not None:
-                    on_return()
+                for callback in on_return:
+                    callback()
 
 
 def _skip(_: Any) -> None:

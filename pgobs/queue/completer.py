@@ -63,7 +63,8 @@ class Completer:
         self.jobs_bell = jobs_bell
         self.held: dict[int, Held] = {}
         self.capacity = Doorbell()  # rung when jobs leave: the producer may claim more
-        self.held_bytes = 0  # event data of the held jobs, as stored
+        self.held_bytes = 0  # event data of the held jobs, as received
+        self.parked = 0  # held jobs waiting for a stuck thread: not work the runners can do
         self.finished = 0
         self.completed = 0
         self._faults = faults
@@ -86,17 +87,27 @@ class Completer:
             self.held_bytes += job.size
         return fresh
 
-    def start(self, job: Job, stop: Callable[[], None]) -> bool:
+    def start(
+        self, job: Job, stop: Callable[[], None], *, record_in: float = START_RECORD_S
+    ) -> bool:
         """Record that ``job`` starts now; False when it is no longer ours (do not run it)."""
         held = self.held.get(job.id)
         if held is None:
             return False
         held.state = "started"
         held.stop = stop
-        self._starts[job.id] = (anyio.current_time() + START_RECORD_S, job.attempt)
+        self._starts[job.id] = (anyio.current_time() + record_in, job.attempt)
         if len(self._starts) == 1:
             self._ready.ring()  # the writer sets its timer for this start
         return True
+
+    async def start_recorded(self, job: Job, stop: Callable[[], None]) -> bool:
+        """``start``, and wait until the start is written: for a job that may have killed the
+        worker that ran it last (``Job.suspect``). False when it is no longer ours."""
+        if not self.start(job, stop, record_in=0.0):
+            return False
+        await self.flush()
+        return job.id in self.held
 
     def finish(self, job: Job, failure: Failure | None) -> None:
         """``job``'s run ended; its outcome is written with the next batch."""
@@ -118,9 +129,11 @@ class Completer:
             return
         held.state = "parked"
         held.parked = failure
-        threads.on_return(job.idempotency_key, lambda: self._unpark(job.id))
+        self.parked += 1
+        threads.on_return(job.run_key, lambda: self._unpark(job.id))
 
     def _unpark(self, job_id: int) -> None:
+        self.parked -= 1
         held = self.held.get(job_id)
         if held is not None and held.parked is not None:
             self.finish(held.job, held.parked)

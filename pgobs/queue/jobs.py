@@ -36,7 +36,21 @@ class Job:
     attempt: int  # the attempt this run is, once started
     max_attempts: int
     event: Event | None  # None: the event is gone (purged) and no payload was kept
-    size: int = 0  # bytes of its event's data as stored (compressed): what holding it costs
+    action_type: str = ""  # the type it was made for: checks a '#n' action still is one
+    claims: int = 1  # times claimed, this claim included
+    size: int = 0  # bytes of its event's data as received: what holding it costs
+
+    @property
+    def run_key(self) -> str:
+        """This claim's run of the job: a thread outliving one run is told from the next."""
+        return f"{self.id}:{self.claims}"
+
+    @property
+    def suspect(self) -> bool:
+        """Claimed before and never started since: a worker holding it died, maybe because of
+        it. Its start is written before it runs, so a job that kills its worker spends its
+        attempts and ends in the DLQ (every job beside it being rescued does not)."""
+        return self.claims - self.attempt >= 1
 
     @property
     def idempotency_key(self) -> str:
@@ -213,6 +227,7 @@ def _claimed_job(
     observer: str,
     action: str,
     action_index: int,
+    action_type: str,
     attempts: int,
     max_attempts: int,
     claims: int,
@@ -249,5 +264,15 @@ def _claimed_job(
     elif isinstance(payload, dict) and "entity_type" in payload:
         event = Event.from_json(event_id, payload)
     return Job(
-        id, event_id, observer, action, action_index, attempts + 1, max_attempts, event, size
+        id,
+        event_id,
+        observer,
+        action,
+        action_index,
+        attempts + 1,
+        max_attempts,
+        event,
+        action_type,
+        claims,
+        size,
     )

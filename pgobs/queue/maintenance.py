@@ -15,6 +15,7 @@ from pgobs.queue.jobs import JobStore
 log = logging.getLogger("pgobs.queue")
 
 UNKNOWN_ACTIONS_EVERY_S = 60.0
+REGISTER_EVERY_S = 10.0
 
 
 class Maintenance:
@@ -33,13 +34,14 @@ class Maintenance:
             tg.start_soon(self._sweep_unknown_actions)
 
     async def _register(self) -> None:
-        """Say which actions this worker runs, every third of a lease."""
+        """Say which actions this worker runs, every third of a lease (at most ten seconds
+        apart: the sweep of removed actions counts a worker unseen for a minute as gone)."""
         while True:
             try:
                 await self.store.register(self.action_keys)
             except psycopg.Error as exc:
                 log.warning("registering this worker failed (%s)", exc)
-            await anyio.sleep(self.lease_s / 3)
+            await anyio.sleep(min(self.lease_s / 3, REGISTER_EVERY_S))
 
     async def _rescue(self) -> None:
         while True:

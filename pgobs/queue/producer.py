@@ -91,7 +91,8 @@ class Producer:
         target = self.concurrency + min(self.prefetch_cap, int(self._rate * PREFETCH_S))
         # Jobs set aside wait for a full observer or target, whose jobs are no longer claimed:
         # they must not use up the room that other observers' jobs need.
-        room = target - (len(self.completer.held) - self.aside())
+        # Parked jobs wait for a stuck thread, not for a runner.
+        room = target - (len(self.completer.held) - self.aside() - self.completer.parked)
         if not self._job_bytes:
             room = min(room, FIRST_CLAIM)  # row sizes unknown yet: start small
         else:

@@ -119,6 +119,8 @@ class Runners:
                                 return
                         if not self.stopping.is_set() and self._admit(job):
                             await self._run(slot, job)
+                            if slot.scope.cancel_called:
+                                break  # it swallowed its stop: the next job gets a new scope
                             job = self._next_aside(job.observer)
                         else:
                             job = None
@@ -154,7 +156,13 @@ class Runners:
         return None
 
     async def _run(self, slot: _Slot, job: Job) -> None:
-        if not self.completer.start(job, lambda: slot.stop(job, "lost")):
+        def stop() -> None:
+            slot.stop(job, "lost")
+
+        if job.suspect:
+            if not await self.completer.start_recorded(job, stop):
+                return
+        elif not self.completer.start(job, stop):
             return
         target = self.executor.target(job)
         self._busy[job.observer] += 1
@@ -182,7 +190,18 @@ class Runners:
         else:
             failure = self.executor.timed_out(job)
         threads = self.executor.threads
-        if slot.reason == "timeout" and threads.is_stuck(job.idempotency_key):
+        if slot.reason == "timeout" and threads.is_stuck(job.run_key):
+            # Its thread keeps a runner's worth of its observer's and target's share until it
+            # returns: a hung handler cannot take every runner, one stuck job at a time.
+            target = self.executor.target(job)
+            self._busy[job.observer] += 1
+            self._busy_targets[target] += 1
+
+            def returned() -> None:
+                self._busy[job.observer] -= 1
+                self._busy_targets[target] -= 1
+
+            threads.on_return(job.run_key, returned)
             self.completer.park(job, failure, threads)
         else:
             self.completer.finish(job, failure)

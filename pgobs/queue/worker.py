@@ -63,6 +63,8 @@ class _Call:
     event: None = None
     attempt: int = 0
     idempotency_key: str = ""
+    run_key: str = ""
+    action_type: str = ""
 
 
 class WorkerPool:

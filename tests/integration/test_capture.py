@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import execute, scalar
+from tests.support import execute, fetch, scalar
 
 
 def events(dsn: str) -> list[dict[str, Any]]:
@@ -359,6 +359,10 @@ def test_emit_refuses_the_event_types_of_capture(dsn: str) -> None:
     for reserved in ("INSERT", "update", "Delete", "TRUNCATE"):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="reserved"):
             execute(dsn, "SELECT pgobs.emit('Order', %s, '1', '{\"total\": 1000000}')", (reserved,))
+    # Nor anything that reads like one in a log: a type is a name.
+    for lookalike in ("INSERT ", " insert", "Insert\t", "", "order paid"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a name"):
+            execute(dsn, "SELECT pgobs.emit('Order', %s, '1', '{}')", (lookalike,))
     assert events(dsn) == []
 
 
@@ -501,3 +505,19 @@ def test_session_settings_cannot_hide_changes_of_a_partitioned_table(regions: st
         ("INSERT", "2"),
         ("TRUNCATE", None),
     ]
+
+
+def test_columns_named_like_capture_variables_are_captured(dsn: str) -> None:
+    """A table column named like a variable of the capture functions (marker, tenant, actor)
+    once made every INSERT and DELETE of the application fail as ambiguous."""
+    execute(
+        dsn,
+        "CREATE TABLE tags (id int PRIMARY KEY, marker text, tenant text, actor text, "
+        "key_columns text, single_key text, doc json)",
+    )
+    execute(dsn, "SELECT pgobs.track('tags', 'Tag')")
+    execute(dsn, "INSERT INTO tags VALUES (1, 'm', 't', 'a', 'k', 's', '{\"x\": 1}')")
+    execute(dsn, "UPDATE tags SET marker = 'n'")
+    execute(dsn, "DELETE FROM tags")
+    rows = fetch(dsn, "SELECT event_type, entity_id, tenant FROM pgobs.events ORDER BY id")
+    assert rows == [("INSERT", "1", None), ("UPDATE", "1", None), ("DELETE", "1", None)]

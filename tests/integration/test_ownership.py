@@ -262,14 +262,26 @@ observers:
     entity: Order
     actions: [{{type: python, handler: "{HANDLER}:async_exit"}}]
     retry: {{max_attempts: 1}}
+  - name: obs-cancelled
+    entity: Order
+    actions: [{{type: python, handler: "{HANDLER}:async_cancelled"}}]
+    retry: {{max_attempts: 1}}
+  - name: obs-genexit
+    entity: Order
+    actions: [{{type: python, handler: "{HANDLER}:sync_generator_exit"}}]
+    retry: {{max_attempts: 1}}
 """
     await add_jobs(dsn, "obs-sync", f"{HANDLER}:sync_exit", ["x"])
     await add_jobs(dsn, "obs-async", f"{HANDLER}:async_exit", ["x"])
+    await add_jobs(dsn, "obs-cancelled", f"{HANDLER}:async_cancelled", ["x"])
+    await add_jobs(dsn, "obs-genexit", f"{HANDLER}:sync_generator_exit", ["x"])
     async with pool(dsn, text):
-        await until(lambda: value(dsn, "SELECT count(*) = 2 FROM pgobs.dlq"))
+        await until(lambda: value(dsn, "SELECT count(*) = 4 FROM pgobs.dlq"))
     assert sorted(r[0] for r in await sql(dsn, "SELECT last_error FROM pgobs.dlq")) == [
+        f"{HANDLER}:async_cancelled raised CancelledError",
         f"{HANDLER}:async_exit raised SystemExit: 4",
         f"{HANDLER}:sync_exit raised SystemExit: 3",
+        f"{HANDLER}:sync_generator_exit raised GeneratorExit: ",
     ]
 
 
@@ -333,7 +345,15 @@ async def test_a_job_for_an_action_this_worker_does_not_know_waits(
             ("brand-new", "available", 0, 0)
         ]
         assert await value(dsn, "SELECT count(*) FROM pgobs.dlq") == 0
-        store_dead = await worker_store(worker).dead_letter_unknown_actions(0)
+        # Long enough ago that no worker, running or lately stopped, could have known it.
+        await sql(dsn, "UPDATE pgobs.jobs SET run_at = now() - interval '1 minute'")
+        await sql(dsn, "UPDATE pgobs.workers SET last_seen = now() - interval '40 seconds'")
+        await sql(
+            dsn,
+            "INSERT INTO pgobs.workers (worker_id, host, pid, actions) "
+            "VALUES ('peer', 'h', 1, ARRAY['obs/refund'])",
+        )
+        store_dead = await worker_store(worker).dead_letter_unknown_actions(30)
     assert store_dead == ["obs"]
     assert await value(dsn, "SELECT last_error FROM pgobs.dlq") == (
         "action brand-new of observer obs is in no running worker's config: it was removed or "

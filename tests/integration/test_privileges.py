@@ -135,6 +135,9 @@ def test_the_operator_role_reads_and_retries_dead_letters(orders: str) -> None:
         for statement in (
             "UPDATE pgobs.jobs SET attempts = 0",
             "DELETE FROM pgobs.jobs",
+            # A job of its own, with a made-up event as payload, would be a forged event.
+            "INSERT INTO pgobs.jobs (event_id, observer, action_index, action_type, payload) "
+            """VALUES (-1, 'payments', 0, 'log', '{"entity_type": "Order"}')""",
             "DELETE FROM pgobs.events",
             "UPDATE pgobs.dlq SET last_error = ''",
             "INSERT INTO pgobs.checkpoints (listener_id) VALUES ('x')",

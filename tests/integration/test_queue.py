@@ -435,6 +435,9 @@ observers:
     try:
         execute(db, "INSERT INTO orders (status) VALUES ('x')")
         wait_until(lambda: scalar(db, "SELECT count(*) FROM starts") == 1)
+        # Killed once its start is recorded (a job killed in its first 50 ms, before that,
+        # runs again without spending the attempt: see README).
+        wait_until(lambda: scalar(db, "SELECT attempted_at IS NOT NULL FROM pgobs.jobs"))
         first.kill()
         second = start_worker(db, tmp_path, config, "--lease-seconds", "1", name="second")
         wait_until(lambda: scalar(db, "SELECT count(*) FROM pgobs.dlq") == 1, timeout=20)
