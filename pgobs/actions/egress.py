@@ -95,6 +95,8 @@ def literal_address(url: str) -> Address | None:
 
 
 def is_private(address: Address) -> bool:
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # [::ffff:10.0.0.1] reaches 10.0.0.1
     return any(address in net for net in PRIVATE)
 
 

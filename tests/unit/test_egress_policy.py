@@ -142,3 +142,17 @@ observers:
         "deliveries go inside the network (observers[0].actions[2].url) — if that is not "
         "intended, fix the URL or list the range in egress.deny",
     ]
+
+
+def test_an_ipv4_mapped_private_address_is_private() -> None:
+    """[::ffff:10.0.0.1] reaches 10.0.0.1: validate-config must warn about it as well."""
+    text = """
+observers:
+  - name: a
+    entity: Order
+    actions:
+      - {type: webhook, name: a, url: "http://[::ffff:10.0.0.1]:8080/hook"}
+"""
+    config, issues = parse_config(text, "observers.yaml")
+    assert config is not None
+    assert [i.message for i in issues if "private address" in i.message]
