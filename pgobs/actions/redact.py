@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, unquote_plus, urlsplit
 
 MASK = "***"
 MIN_SECRET_LEN = 4  # shorter values are too common in ordinary text to cut out safely
@@ -23,6 +23,8 @@ CREDENTIAL_HOSTS = (
     "webhook.office.com",
     "hooks.zapier.com",
     "api.telegram.org",
+    "outlook.office.com",  # legacy Teams connectors
+    "events.pagerduty.com",
 )
 
 
@@ -60,7 +62,13 @@ def url_secrets(url: str, *, credential: bool = False) -> list[str]:
         found += [user, password, base64.b64encode(f"{user}:{password}".encode()).decode()]
     for _, value in parse_qsl(parts.query, keep_blank_values=True):
         found.append(value)
+    for pair in parts.query.split("&"):
+        # As written (a + or %20 left as is) and as httpx sends it: servers echo either.
+        raw = pair.partition("=")[2]
+        found += [raw, unquote(raw), quote(unquote_plus(raw), safe="")]
     found.append(parts.query)
+    if parts.password:
+        found += [parts.password]  # percent-encoded, as the URL carried it
     if credential or is_credential_url(url):
         # The path whole, and each token-like segment (ids and keys hold digits; the fixed
         # words around them, such as "services" or "webhooks", are not worth masking).

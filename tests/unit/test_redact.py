@@ -66,3 +66,18 @@ def test_a_config_error_about_a_url_does_not_print_it(monkeypatch: pytest.Monkey
     (issue,) = [str(i) for i in issues]
     assert "must start with http:// or https://, not ftp://" in issue
     assert "hunter2" not in issue and "k-9f" not in issue and "ops" not in issue
+
+
+def test_query_values_are_masked_as_written_and_as_sent() -> None:
+    """A server may echo a query value raw (with its + or %20) or decoded: each form is cut."""
+    url = 'https://h.example/hook?api_key=Zm9v+YmFy+c2VjcmV0&token=s3cr3t%20part2&q=a"b%22c9q8'
+    hidden = Secrets(url_secrets(url))
+    for echoed in (
+        "Zm9v+YmFy+c2VjcmV0",
+        "Zm9v YmFy c2VjcmV0",
+        "s3cr3t%20part2",
+        "s3cr3t part2",
+        'a"b"c9q8',
+        "a%22b%22c9q8",
+    ):
+        assert echoed not in hidden.scrub(f"the server said: {echoed}"), echoed
