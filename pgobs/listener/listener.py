@@ -12,6 +12,7 @@ and stands by.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -183,6 +184,9 @@ class Listener:
             finally:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
+                # A batch lost with the session sits in a reference cycle through the exception
+                # (up to its 32 MB of rows); terminated again and again, it piled up to GBs.
+                gc.collect()
 
     async def _lock_key(self, conn: Connection) -> int:
         cur = await conn.execute(query("leader_lock_key"), self._labels)
@@ -338,6 +342,9 @@ class Listener:
         size = sum(row.size for row in rows)
         drained = len(rows) < self.settings.batch_size and size < self.settings.batch_bytes
         plan = plan_fanout(events, self.index)
+        # A big batch can take a while to plan: beat again (when due), or a standby could take
+        # this busy leader for a frozen one.
+        await self._beat(conn)
         last = events[-1]
         after = (target, None) if drained else (checkpoint.snapshot, target)
         await conn.execute(
