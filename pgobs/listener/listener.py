@@ -344,7 +344,8 @@ class Listener:
         plan = plan_fanout(events, self.index)
         # A big batch can take a while to plan: beat again (when due), or a standby could take
         # this busy leader for a frozen one.
-        await self._beat(conn)
+        if self.is_leader:
+            await self._beat(conn)
         last = events[-1]
         after = (target, None) if drained else (checkpoint.snapshot, target)
         await conn.execute(
