@@ -257,8 +257,9 @@ NEIGHBOUR_SCHEMA = (
 
 # The README's documented names: "pgobs listener <id> pid <pid>" is a listener's session.
 LISTENER_SESSIONS = (
-    "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity "
-    "WHERE datname = current_database() AND application_name LIKE 'pgobs listener %'"
+    "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') "
+    "FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE 'pgobs listener %'"
 )
 KILLED_SESSIONS = "SELECT sessions_killed FROM pg_stat_database WHERE datname = current_database()"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from tests.support import Neighbour, execute, wait_until
 
 KILL_LISTENER = (
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND application_name LIKE 'pgobs listener %'"
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE 'pgobs listener %'"
 )
 
 

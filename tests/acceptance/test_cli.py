@@ -189,8 +189,9 @@ def test_sigterm_stops_the_listener_and_frees_leadership(dsn: str, tmp_path: Pat
         assert worker.terminate() == 0
         assert scalar(dsn, "SELECT state FROM pgobs.listeners") == "stopped"
         held = (
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            "SELECT count(*) FROM pg_locks WHERE database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND locktype = 'advisory'"
         )
         assert scalar(dsn, held) == 0
     finally:

@@ -31,14 +31,14 @@ observers:
 # Catalog queries stay inside the test's own database: a pgobs deployment on the same server is
 # none of the test's business.
 LEADER = """
-SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+SELECT a.application_name
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid AND a.datname = current_database()
 WHERE l.locktype = 'advisory' AND l.classid = 2024061501 AND l.granted
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 """
 
 CANDIDATES = """
-SELECT count(*) FROM pg_stat_activity
-WHERE application_name LIKE 'pgobs listener %' AND datname = current_database()
+SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+  AND application_name LIKE 'pgobs listener %'
 """
 
 
@@ -143,9 +143,9 @@ def test_a_leader_whose_session_is_killed_steps_down_and_nothing_is_lost(
             execute(dsn, "INSERT INTO orders (kind) SELECT 'b' FROM generate_series(1, 50)")
             execute(
                 dsn,
-                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
-                "WHERE l.locktype = 'advisory' AND l.classid = 2024061501 AND l.database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.datname = "
+                "current_database() AND a.pid IN (SELECT l.pid FROM pg_locks l "
+                "WHERE l.locktype = 'advisory' AND l.classid = 2024061501)",
             )
             execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 50)")
             wait_until(

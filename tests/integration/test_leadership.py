@@ -91,7 +91,10 @@ def test_the_fence_ends_a_silent_idle_leader_and_leaves_a_busy_one(dsn: str) -> 
                 target=leader.conn.execute, args=("SELECT pg_advisory_lock(42)",)
             )
             busy.start()
-            waits_on = "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s"
+            waits_on = (
+                "SELECT wait_event_type FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid = %s"
+            )
             wait_until(lambda: scalar(dsn, waits_on, (leader.pid,)) == "Lock")
             time.sleep(0.3)  # the beat is older than the stale time below
             for _ in range(5):

@@ -17,8 +17,9 @@ from tests.support import Worker, execute, scalar, wait_until
 POLL_S = 30.0  # any wait for the poll shows as a timeout below
 PROMPT_S = 5.0  # generous for a loaded machine, and far below the poll interval
 SILENT = (
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 2024061502 "
-    "AND pid = pg_backend_pid() AND mode = 'ShareLock' AND granted"
+    "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database "
+    "WHERE datname = current_database()) AND pid = pg_backend_pid() "
+    "AND locktype = 'advisory' AND classid = 2024061502 AND mode = 'ShareLock' AND granted"
 )
 FLOOD_JOBS = (
     "SELECT count(*) FROM pgobs.jobs j JOIN pgobs.events e ON e.id = j.event_id "
