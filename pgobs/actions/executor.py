@@ -127,11 +127,6 @@ class ActionExecutor:
     def targets(self) -> set[str]:
         return {target_of(a) for obs in self.observers.values() for a in obs.actions}
 
-    def runs_in_thread(self, call: ActionCall) -> bool:
-        """Whether the action is a sync handler, whose thread outlives a timeout."""
-        found = self._spec(call)
-        return found is not None and isinstance(found[1], PythonSpec) and not found[1].is_async
-
     def describe(self, call: ActionCall) -> str:
         found = self._spec(call)
         if (

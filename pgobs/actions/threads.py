@@ -73,11 +73,6 @@ class ThreadRunner:
         self._stuck: dict[str, _Call] = {}
         metrics.handler_threads_stuck.set_function(lambda: len(self._stuck))
 
-    @property
-    def stuck(self) -> int:
-        """Calls whose caller gave up while their thread still runs them."""
-        return len(self._stuck)
-
     async def run(self, fn: Callable[[Any], Any], arg: Any, label: str, key: str) -> Any:
         """``fn(arg)`` on a thread. When the caller is cancelled meanwhile, a call not started
         yet never starts, and a started one runs on: :meth:`is_stuck` then says so for ``key``
@@ -121,9 +116,6 @@ class ThreadRunner:
                 call.on_return.append(callback)
                 return
         callback()
-
-    def stuck_labels(self) -> list[str]:
-        return sorted(call.label for call in self._stuck.values())
 
     def close(self) -> None:
         """Let idle threads exit; stuck ones are daemons and end with the process."""

@@ -147,9 +147,6 @@ class Completer:
     def unstarted(self) -> list[int]:
         return [job_id for job_id, held in self.held.items() if held.state == "claimed"]
 
-    def running(self) -> int:
-        return sum(1 for held in self.held.values() if held.state == "started")
-
     def next_retry_in(self, now: float, longest: float) -> float:
         """Seconds until this worker's next retry comes due, at most ``longest``."""
         while self._retries_due and self._retries_due[0] <= now:
