@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Any
 
 from pgobs.config.report import Issues, Path
@@ -93,6 +94,32 @@ class Fields:
             return default
         return int(value)
 
+    def duration(
+        self, key: str, *, default: float, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
+        """A human duration in seconds: ``500ms``, ``30s``, ``5m``, ``1h``, ``2d`` (or a number of
+        seconds)."""
+        value = self.get(key)
+        if value is None:
+            return default
+        seconds = parse_duration(value)
+        if seconds is None:
+            self.issues.error(
+                self.at(key),
+                f"'{key}' must be a duration, got {value!r}",
+                "write a number with a unit: 500ms, 30s, 5m, 1h, 2d",
+            )
+            return default
+        if seconds < minimum or (maximum is not None and seconds > maximum):
+            bound = (
+                f"between {_human(minimum)} and {_human(maximum)}"
+                if maximum is not None
+                else f"at least {_human(minimum)}"
+            )
+            self.issues.error(self.at(key), f"'{key}' must be {bound}, got {value!r}")
+            return default
+        return seconds
+
     def boolean(self, key: str, *, default: bool) -> bool:
         value = self._typed(key, bool, False, None)
         return default if value is None else bool(value)
@@ -176,6 +203,32 @@ def expand_env(text: str, path: Path, issues: Issues, *, strict_env: bool) -> st
         rest = after
     out.append(rest)
     return "".join(out)
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds in ``value`` (``500ms``, ``30s``, ``5m``, ``1h``, ``2d``, bare seconds), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _DURATION.fullmatch(value)
+    if match is None:
+        return None
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+
+
+def _human(seconds: float) -> str:
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds * 1000)}ms"
 
 
 def _kind(value: Any) -> str:

@@ -7,6 +7,7 @@ import textwrap
 import pytest
 
 from pgobs.actions.specs import PythonSpec, WebhookSpec
+from pgobs.config.fields import parse_duration
 from pgobs.config.loader import parse_config
 
 GOOD = """
@@ -187,3 +188,25 @@ def test_two_actions_with_one_name_are_refused() -> None:
     config, issues = parse_config(text, "observers.yaml")
     assert config is None
     assert "two actions of this observer are both named 'same'" in str(issues[-1])
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("2d", 172800.0),
+        ("300", 300.0),
+        (45, 45.0),
+        ("1.5s", 1.5),
+    ],
+)
+def test_durations_read_with_their_unit(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "-1s", "1x", "", True, None, [], "m"])
+def test_a_malformed_duration_is_refused(text: object) -> None:
+    assert parse_duration(text) is None
