@@ -38,3 +38,13 @@ def embedded_dsn() -> str:
         ) from exc
     uri: str = server.get_uri()
     return uri
+
+
+def stop_command() -> str:
+    """The command that stops the embedded Postgres (pgserver's own pg_ctl, on its data folder)."""
+    import pgserver
+
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    command = f"{pg_ctl} -D {data_dir()} stop"
+    # Started by root, pgserver runs the server as its own user, and pg_ctl refuses root.
+    return f"runuser -u pgserver -- {command}" if os.geteuid() == 0 else command
