@@ -140,9 +140,6 @@ def print_text(found: Status, detailed: bool) -> None:
         )
     print("open circuits" + ("" if found.circuits else ": none"))
     for c in found.circuits:
-        extra = (
-            "".join(f", {k} {v}" for k, v in c.items() if k not in ("target", "state"))
-            if detailed
-            else ""
-        )
+        shown = {k: v for k, v in c.items() if k not in ("target", "state") and v is not None}
+        extra = "".join(f", {k} {v}" for k, v in shown.items()) if detailed else ""
         print(f"  {c.get('target')}: {c.get('state')}{extra}")

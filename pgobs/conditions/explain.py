@@ -80,8 +80,8 @@ def render_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
+    if isinstance(value, str):  # quoted as the lexer reads it back
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     if isinstance(value, int | Decimal | float):
         return str(value)
     if isinstance(value, list | tuple):
@@ -98,7 +98,7 @@ def render(node: Node) -> str:
             name = ".".join(segments)
             return name if root is Root.DATA else f"{root.value}.{name}"
         case Compare(op=op, left=left, right=right):
-            return f"{_operand(left)} {op.value} {_operand(right)}"
+            return f"{_side(left)} {op.value} {_side(right)}"
         case Not(operand=operand):
             text = render(operand)
             return f"!({text})" if isinstance(operand, And | Or | Compare) else f"!{text}"
@@ -116,6 +116,13 @@ def render(node: Node) -> str:
             return f"field_changed_from('{'.'.join(path)}', {render_value(value)})"
         case _:
             assert_never(node)
+
+
+def _side(node: Node) -> str:
+    """A comparison's operand: one that is itself a test needs parentheses (``!a == b`` reads
+    as ``!(a == b)``, and comparisons do not chain)."""
+    text = render(node)
+    return f"({text})" if isinstance(node, And | Or | Compare | Not) else text
 
 
 def _operand(node: Node) -> str:
