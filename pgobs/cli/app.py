@@ -81,7 +81,7 @@ def _own_help(args: list[str]) -> None:
     command function's page gets its whole docstring back, reflowed as markdown (plain text
     keeps the docstring's line breaks; markdown costs an import ``pgobs --help`` avoids). Only
     the command being run is imported, as it would be to run it."""
-    if args and args[0] in set(app):
+    if args and not args[0].startswith("-") and args[0] in set(app):
         app.help_format = "markdown"
         command = app[args[0]]
         if command.default_command is not None:

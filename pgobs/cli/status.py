@@ -136,7 +136,7 @@ def print_text(found: Status, detailed: bool) -> None:
     for d in found.dlq:
         print(
             f"  {d['observer'][:32]:<32} {d['total']:>8} ({d['transient']} transient, "
-            f"{d['permanent']} permanent), oldest {d['oldest']}"
+            f"{d['permanent']} permanent), oldest {str(d['oldest'])[:19].replace('T', ' ')}"
         )
     print("open circuits" + ("" if found.circuits else ": none"))
     for c in found.circuits:

@@ -8,11 +8,11 @@ meant for one event at a time, never the hot path.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, assert_never
 
+from pgobs import jsoncodec
 from pgobs.conditions.compiler import (
     _changed,
     _compare_constants,
@@ -82,11 +82,16 @@ def render_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):  # quoted as the lexer reads it back
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    if isinstance(value, int | Decimal | float):
+    if isinstance(value, Decimal):
+        return jsoncodec.number_text(value)
+    if isinstance(value, int | float):
         return str(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(map(render_value, value)) + "]"
-    return json.dumps(value, default=str)
+    try:
+        return jsoncodec.encode(value).decode()  # an object: JSON, numbers exact
+    except TypeError:
+        return str(value)
 
 
 def render(node: Node) -> str:

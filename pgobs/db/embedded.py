@@ -28,7 +28,10 @@ def embedded_dsn() -> str:
         ) from exc
     pgdata = data_dir()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    print(f"pgobs: no --dsn or PGOBS_DSN; using the embedded Postgres in {pgdata}", file=sys.stderr)
+    print(
+        f"pgobs: no --dsn, PGOBS_DSN or DATABASE_URL; using the embedded Postgres in {pgdata}",
+        file=sys.stderr,
+    )
     try:
         server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]  # untyped re-export
     except Exception as exc:

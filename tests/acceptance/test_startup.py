@@ -26,6 +26,7 @@ HEAVY = (
     "pgobs.actions",
     "pgobs.supervisor",
     "pgobs.observability",
+    "markdown_it",  # help as markdown: only a command's own page pays for it
 )
 
 
