@@ -523,7 +523,7 @@ SELECT pg_advisory_unlock_all()
 -- instance stopped shows as one without a leader (pgobs.run_maintenance removes old rows).
 SELECT l.listener_id, l.instance_id, l.host, l.pid, l.state, l.is_leader,
        extract(epoch FROM now() - l.last_heartbeat)::float8 AS heartbeat_age_s,
-       l.events_processed, l.started_at
+       l.events_processed, l.started_at, l.lag_events, l.lag_seconds
 FROM pgobs.listeners AS l
 WHERE %(listener_id)s::text IS NULL OR l.listener_id = %(listener_id)s
 ORDER BY l.listener_id, l.is_leader DESC, l.state = 'stopped', l.started_at

@@ -39,7 +39,9 @@ app.command(
     "pgobs.cli.validate:validate_config", name="validate-config", help="Check an observers file."
 )
 app.command("pgobs.cli.demo:demo", help="The whole path on a database of its own.")
-app.command("pgobs.cli.dlq:app", name="dlq", help="The dead-letter queue: list, show, retry.")
+app.command(
+    "pgobs.cli.dlq:app", name="dlq", help="The dead-letter queue: list, show, retry, remove."
+)
 app.command("pgobs.cli.status:status", help="Health of listeners, queue, DLQ and circuits.")
 app.command(
     "pgobs.cli.debug_event:debug_event",

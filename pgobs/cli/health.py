@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import class_row
 
 from pgobs.db.connect import Connection
@@ -26,6 +27,8 @@ class Instance:
     heartbeat_age_s: float
     events_processed: int
     started_at: datetime
+    lag_events: int  # as the leader measured it at its last heartbeat
+    lag_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ class ListenerStatus:
     instances: list[Instance]
     lag_events: int = 0
     lag_seconds: float = 0.0
+    lag_measured: str = "now"  # or "at the leader's last heartbeat", for a role that may not
 
     @property
     def leader(self) -> Instance | None:
@@ -91,10 +95,7 @@ async def read_status(conn: Connection, listener_id: str | None) -> Status:
             instance.listener_id, ListenerStatus(instance.listener_id, [])
         ).instances.append(instance)
     for status in listeners.values():
-        cur = await conn.execute(query("listener_lag"), {"listener_id": status.listener_id})
-        row = await cur.fetchone()
-        if row is not None:
-            status.lag_events, status.lag_seconds = int(row[0]), float(row[1])
+        await _measure_lag(conn, status)
     cur = await conn.execute(query("open_event_writers"))
     writers = [OpenWriter(*row) for row in await cur.fetchall()]
     async with conn.cursor(row_factory=class_row(ObserverJobs)) as jobs_cur:
@@ -104,6 +105,22 @@ async def read_status(conn: Connection, listener_id: str | None) -> Status:
     circuits = [row[0] for row in await circuits_cur.fetchall()]
     dead = await dlq.stats(conn, by_observer=True)
     return Status(list(listeners.values()), writers, jobs, dead, circuits)
+
+
+async def _measure_lag(conn: Connection, status: ListenerStatus) -> None:
+    """The lag now; for a role that may not read events as the listener does (pgobs_operator
+    may not execute pgobs.slice_events), the lag the leader wrote at its last heartbeat."""
+    try:
+        cur = await conn.execute(query("listener_lag"), {"listener_id": status.listener_id})
+    except psycopg.errors.InsufficientPrivilege:
+        leader = status.leader
+        if leader is not None:
+            status.lag_events, status.lag_seconds = leader.lag_events, leader.lag_seconds
+        status.lag_measured = "at the leader's last heartbeat"
+        return
+    row = await cur.fetchone()
+    if row is not None:
+        status.lag_events, status.lag_seconds = int(row[0]), float(row[1])
 
 
 def judge(status: Status, limits: Thresholds, listener_id: str | None) -> list[str]:

@@ -63,6 +63,7 @@ def as_json(found: Status) -> dict[str, Any]:
                 "leader": _instance(listener.leader) if listener.leader else None,
                 "lag_events": listener.lag_events,
                 "lag_seconds": round(listener.lag_seconds, 3),
+                "lag_measured": listener.lag_measured,
                 "instances": [_instance(i) for i in listener.instances],
             }
             for listener in found.listeners
@@ -105,6 +106,7 @@ def print_text(found: Status, detailed: bool) -> None:
         print(
             f"  {listener.listener_id}: {who}; lag {listener.lag_events} event(s), "
             f"{_age(listener.lag_seconds)}"
+            + ("" if listener.lag_measured == "now" else f" ({listener.lag_measured})")
         )
         for i in listener.instances:
             if i is leader or (i.state == "stopped" and not detailed):

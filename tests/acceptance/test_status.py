@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_privileges import login_role
 from tests.support import Worker, execute, run_pgobs, scalar, wait_until
 
 CONFIG = "observers:\n  - name: a\n    entity: Order\n    actions: [{type: log}]\n"
@@ -149,3 +150,26 @@ def test_a_stale_heartbeat_fails_the_probe(orders: str, listener: Worker) -> Non
     assert problem.startswith("listener 'default': the leader ")
     assert f":{listener.pid} has not beaten for " in problem
     assert problem.endswith("(limit 2s)")
+
+
+def test_the_operator_role_reads_status_and_debugs_events(
+    orders: str, listener: Worker, tmp_path: Path
+) -> None:
+    """pgobs_operator may not read events as the listener does: status says whose lag it shows."""
+    wait_until(lambda: status(orders)[0].returncode == 0, timeout=60)
+    execute(orders, "INSERT INTO orders (note) VALUES ('x')")
+    wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.jobs") == 1, timeout=30)
+    event_id = scalar(orders, "SELECT id FROM pgobs.events")
+    config = tmp_path / "observers.yaml"
+    with login_role(orders, "pgobs_operator") as operator:
+        result, doc = status(operator)
+        assert result.returncode == 0, result.stderr
+        (default,) = doc["listeners"]
+        assert default["lag_measured"] == "at the leader's last heartbeat"
+        assert default["leader"]["pid"] == listener.pid
+        explained = run_pgobs(
+            operator, "debug-event", "--event-id", str(event_id), "--config", str(config)
+        )
+        assert explained.returncode == 0, explained.stderr
+        assert "  a: matched" in explained.stdout
+        assert "a/log (log): available, attempt 0 of 5" in explained.stdout
