@@ -1,6 +1,7 @@
-"""One ``pgobs worker`` process: the notifier and the worker pool on the main event loop, a
-listener candidate on a thread and loop of its own (so a handler that blocks the main loop cannot
-stall fan-out), and a watchdog that names whatever blocks the main loop.
+"""One ``pgobs worker`` process: the worker pool and the notifier that wakes it on the main event
+loop, a listener candidate and its own notifier on a thread and loop of their own (so a handler
+that blocks the main loop can neither stall fan-out nor keep its wake-ups from it), and a
+watchdog that names whatever blocks the main loop.
 
 SIGTERM or SIGINT: the listener stops at once (its session closes, freeing the leader lock for a
 standby), the pool stops claiming and drains, then the process exits."""
@@ -39,7 +40,8 @@ class ProcessSettings:
 
 async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> None:
     await ensure_migrated(dsn)
-    notifier = Notifier(dsn, (EVENTS_CHANNEL, JOBS_CHANNEL), cross_thread=(EVENTS_CHANNEL,))
+    # Each loop hears its own channel: the pool's on the main loop, the listener's on its thread.
+    notifier = Notifier(dsn, (JOBS_CHANNEL,))
     pool = (
         WorkerPool(dsn, config, notifier.doorbells[JOBS_CHANNEL], settings.worker)
         if (settings.role in ("worker", "all"))
@@ -51,23 +53,23 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
         # anyio.run's asyncio backend), a hop shorter than its NOTIFY's way through the server.
         loop = asyncio.get_running_loop()
         jobs_written = partial(loop.call_soon_threadsafe, notifier.doorbells[JOBS_CHANNEL].ring)
-
-    listener = (
-        ListenerThread(
+    listener = None
+    if settings.role in ("listener", "all"):
+        events = Notifier(dsn, (EVENTS_CHANNEL,))
+        listener = ListenerThread(
             Listener(
                 dsn,
                 config,
-                notifier.doorbells[EVENTS_CHANNEL],
+                events.doorbells[EVENTS_CHANNEL],
                 settings.listener,
                 jobs_written=jobs_written,
-            )
+            ),
+            events,
         )
-        if settings.role in ("listener", "all")
-        else None
-    )
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(notifier.run)
+            if pool is not None:
+                tg.start_soon(notifier.run)
             if listener is not None:
                 listener.start()
                 # A listener that fails ends the process, as it did on the shared loop.
@@ -93,7 +95,6 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
             listener.stop()
             with anyio.CancelScope(shield=True):
                 await listener.wait()
-        notifier.close()
 
 
 async def _stop_on_signal(
