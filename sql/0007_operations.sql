@@ -65,8 +65,8 @@ BEGIN
         RAISE EXCEPTION 'pgobs.settings: % = % is not an interval with a unit',
             setting_key, quote_literal(raw)
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = format('UPDATE pgobs.settings SET value = ''7 days'' WHERE key = %L '
-                                '(or NULL to keep for ever)', setting_key);
+                  HINT = format('UPDATE pgobs.settings SET value = ''7 days'' WHERE key = %L, '
+                                'or NULL to keep for ever', setting_key);
     END IF;
     IF parsed < interval '0' THEN
         RAISE EXCEPTION 'pgobs.settings: % = % is negative', setting_key, quote_literal(raw)
