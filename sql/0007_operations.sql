@@ -91,8 +91,10 @@ $$;
 -- no batch rereads what an earlier one deleted. The walk stops at the first event younger than
 -- the retention: created_at is when its transaction began, and a transaction's id comes with
 -- its first write, so events after that one are younger too, except those of a transaction that
--- began long before its first write; they go on a later run. Rows another run is deleting are
--- skipped (SKIP LOCKED). Nothing else ever locks an event row, so nothing waits on these.
+-- began long before its first write; they go on a later run. One run at a time removes events
+-- (an advisory lock a second run skips the step on, rather than wait); nothing else ever
+-- updates, deletes or locks an event row, so no writer or listener waits on these deletes, and
+-- each row is deleted by the ctid the batch just read, without a second index lookup.
 CREATE FUNCTION pgobs.maintain_events(dry_run boolean, batch_size integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -101,7 +103,7 @@ DECLARE
     none_above xid8;    -- no transaction at or above this is visible in every checkpoint
     after_txid xid8 := '0';
     after_id bigint := 0;
-    candidates bigint[];
+    candidates tid[];
     seen integer;
     stopped boolean;
     last_txid xid8;
@@ -111,6 +113,9 @@ DECLARE
 BEGIN
     IF cutoff IS NULL THEN
         RETURN 0;  -- events_retention unset: keep every event
+    END IF;
+    IF NOT dry_run AND NOT pg_try_advisory_xact_lock(2024061503, 1) THEN
+        RETURN 0;  -- another run is removing events: leave them to it
     END IF;
     LOOP
         -- Read per batch: checkpoints only move forward, and a listener id may appear.
@@ -125,8 +130,7 @@ BEGIN
             RETURN removed;
         END IF;
 
-        SELECT array_agg(b.id ORDER BY b.txid, b.id)
-                   FILTER (WHERE NOT b.young_seen AND b.fanned_out),
+        SELECT array_agg(b.ctid) FILTER (WHERE NOT b.young_seen AND b.fanned_out),
                count(*), bool_or(b.young_seen),
                (array_agg(b.txid ORDER BY b.txid DESC, b.id DESC)
                    FILTER (WHERE NOT b.young_seen))[1],
@@ -134,13 +138,13 @@ BEGIN
                    FILTER (WHERE NOT b.young_seen))[1]
         INTO candidates, seen, stopped, last_txid, last_id
         FROM (
-            SELECT w.id, w.txid,
+            SELECT w.ctid, w.id, w.txid,
                    bool_or(w.created_at >= cutoff) OVER (ORDER BY w.txid, w.id) AS young_seen,
                    w.txid < below_all OR NOT EXISTS (
                        SELECT FROM pgobs.checkpoints AS c
                        WHERE NOT pg_visible_in_snapshot(w.txid, c.snapshot)) AS fanned_out
             FROM (
-                SELECT e.id, e.txid, e.created_at FROM pgobs.events AS e
+                SELECT e.ctid, e.id, e.txid, e.created_at FROM pgobs.events AS e
                 WHERE e.txid < none_above AND (e.txid, e.id) > (after_txid, after_id)
                 ORDER BY e.txid, e.id
                 LIMIT batch_size
@@ -148,18 +152,15 @@ BEGIN
         ) AS b;
 
         IF candidates IS NOT NULL THEN
+            -- By ctid, found a moment ago: the rows are not read again through an index.
             IF dry_run THEN
                 SELECT count(*) INTO done FROM pgobs.events AS e
-                WHERE e.id = ANY(candidates)
+                WHERE e.ctid = ANY(candidates)
                   AND NOT EXISTS (SELECT FROM pgobs.jobs AS j WHERE j.event_id = e.id);
             ELSE
-                WITH doomed AS (
-                    SELECT e.id FROM pgobs.events AS e
-                    WHERE e.id = ANY(candidates)
-                      AND NOT EXISTS (SELECT FROM pgobs.jobs AS j WHERE j.event_id = e.id)
-                    FOR UPDATE SKIP LOCKED
-                )
-                DELETE FROM pgobs.events AS e USING doomed WHERE e.id = doomed.id;
+                DELETE FROM pgobs.events AS e
+                WHERE e.ctid = ANY(candidates)
+                  AND NOT EXISTS (SELECT FROM pgobs.jobs AS j WHERE j.event_id = e.id);
                 GET DIAGNOSTICS done = ROW_COUNT;
             END IF;
             removed := removed + done;
@@ -174,13 +175,15 @@ END;
 $$;
 
 -- Audit rows older than audit_retention, walked by id (rows are written in time order) up to
--- the first younger one. Migration 0008 replaces this step with the trail's partition drops.
+-- the first younger one, one run at a time. Migration 0008 replaces this step with the trail's
+-- partition drops.
 CREATE FUNCTION pgobs.maintain_audit(dry_run boolean, batch_size integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cutoff timestamptz := now() - pgobs.setting_interval('audit_retention');
     after_id bigint := 0;
-    candidates bigint[];
+    last_id bigint;
+    candidates tid[];
     seen integer;
     done bigint;
     removed bigint := 0;
@@ -188,25 +191,26 @@ BEGIN
     IF cutoff IS NULL THEN
         RETURN 0;
     END IF;
+    IF NOT dry_run AND NOT pg_try_advisory_xact_lock(2024061503, 2) THEN
+        RETURN 0;  -- another run is removing audit rows
+    END IF;
     LOOP
-        SELECT array_agg(w.id ORDER BY w.id) FILTER (WHERE NOT w.young_seen), count(*)
-        INTO candidates, seen
+        SELECT array_agg(w.ctid) FILTER (WHERE NOT w.young_seen), count(*),
+               max(w.id) FILTER (WHERE NOT w.young_seen)
+        INTO candidates, seen, last_id
         FROM (
-            SELECT a.id, bool_or(a.at >= cutoff) OVER (ORDER BY a.id) AS young_seen
-            FROM (SELECT id, at FROM pgobs.audit WHERE id > after_id ORDER BY id
+            SELECT a.ctid, a.id, bool_or(a.at >= cutoff) OVER (ORDER BY a.id) AS young_seen
+            FROM (SELECT ctid, id, at FROM pgobs.audit WHERE id > after_id ORDER BY id
                   LIMIT batch_size) AS a
         ) AS w;
         done := coalesce(cardinality(candidates), 0);
         IF done > 0 AND NOT dry_run THEN
-            WITH doomed AS (
-                SELECT id FROM pgobs.audit WHERE id = ANY(candidates) FOR UPDATE SKIP LOCKED
-            )
-            DELETE FROM pgobs.audit AS a USING doomed WHERE a.id = doomed.id;
+            DELETE FROM pgobs.audit WHERE ctid = ANY(candidates);
             GET DIAGNOSTICS done = ROW_COUNT;
         END IF;
         removed := removed + done;
         EXIT WHEN seen < batch_size OR coalesce(cardinality(candidates), 0) < seen;
-        after_id := candidates[cardinality(candidates)];
+        after_id := last_id;
     END LOOP;
     RETURN removed;
 END;

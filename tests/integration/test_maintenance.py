@@ -244,7 +244,7 @@ def test_without_every_listener_checkpointed_no_event_goes(dsn: str) -> None:
     assert fetch(dsn, COUNTS, (False, 10))[0][0] == 1
 
 
-def test_concurrent_runs_skip_each_others_rows_instead_of_waiting(dsn: str) -> None:
+def test_a_run_beside_an_open_one_does_not_wait_for_it(dsn: str) -> None:
     execute(dsn, "UPDATE pgobs.settings SET value = '0 seconds' WHERE key = 'events_retention'")
     execute(
         dsn,
@@ -254,7 +254,8 @@ def test_concurrent_runs_skip_each_others_rows_instead_of_waiting(dsn: str) -> N
     checkpoint_now(dsn)
     with psycopg.connect(dsn) as first:
         assert first.execute(COUNTS, (False, 100)).fetchone() == (3000, 0, 0, 0, 0, 0)
-        # The first run's transaction is open and holds its rows: a second one must not wait.
+        # The first run's transaction is open, holding the rows it deleted: a second run leaves
+        # events to it (an advisory lock) instead of waiting on them.
         with psycopg.connect(dsn, autocommit=True) as second:
             second.execute("SET lock_timeout = '2s'")
             assert second.execute(COUNTS, (False, 100)).fetchone() == (0, 0, 0, 0, 0, 0)
