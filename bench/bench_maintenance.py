@@ -146,7 +146,7 @@ def main() -> None:
             deadline = time.monotonic() + 30
             while not conn.execute(
                 "SELECT count(*) FROM pgobs.listeners WHERE is_leader"
-            ).fetchone()[0]:  # noqa: E501
+            ).fetchone()[0]:
                 if time.monotonic() > deadline:
                     raise SystemExit("the listener did not lead within 30 s")
                 time.sleep(0.1)

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.integration.test_privileges import login_role, refused
 from tests.support import Worker, execute, fetch, scalar, wait_until
 
 # Orders match no observer (no job keeps them); a Held event gets a job, which no worker runs.
@@ -361,3 +362,20 @@ def test_the_leader_runs_maintenance_on_its_interval(
     finally:
         leader.stop()
     assert "ran maintenance: removed 50 event(s)" in leader.output()
+
+
+@pytest.mark.parametrize("group", ["pgobs_worker", "pgobs_operator"])
+def test_the_leader_and_operator_roles_run_maintenance(dsn: str, group: str) -> None:
+    """As their group roles grant: both run it (the worker's leader when pg_cron does not);
+    only the operator changes settings; neither deletes events any other way."""
+    old_and_young(dsn)
+    with login_role(dsn, group) as role_dsn:
+        assert fetch(role_dsn, COUNTS, (False, 10)) == [(30, 25, 1, 0, 12, 9)]
+        assert scalar(role_dsn, "SELECT pgobs.setting('events_retention')") == "7 days"
+        assert refused(role_dsn, "DELETE FROM pgobs.events") == "InsufficientPrivilege"
+        change = "UPDATE pgobs.settings SET value = '1 day' WHERE key = 'events_retention'"
+        if group == "pgobs_operator":
+            execute(role_dsn, change)
+            assert scalar(role_dsn, "SELECT count(*) FROM pgobs.job_counts") == 0
+        else:
+            assert refused(role_dsn, change) == "InsufficientPrivilege"
