@@ -175,7 +175,6 @@ def everything(dsn: str) -> list[tuple[object, ...]]:
     return fetch(
         dsn,
         "SELECT 'events', count(*) FROM pgobs.events UNION ALL "
-        "SELECT 'audit', count(*) FROM pgobs.audit UNION ALL "
         "SELECT 'listeners', count(*) FROM pgobs.listeners UNION ALL "
         "SELECT 'dlq', count(*) FROM pgobs.dlq UNION ALL "
         "SELECT 'cache', count(*) FROM pgobs.cache UNION ALL "
@@ -192,9 +191,6 @@ def old_and_young(dsn: str) -> None:
         SELECT 'Order', 'INSERT', now() - interval '8 days' FROM generate_series(1, 30);
         INSERT INTO pgobs.events (entity_type, event_type) SELECT 'Order', 'INSERT'
         FROM generate_series(1, 10);
-        INSERT INTO pgobs.audit (kind, status, at)
-        SELECT 'event', 'error', now() - interval '91 days' FROM generate_series(1, 25);
-        INSERT INTO pgobs.audit (kind, status) VALUES ('event', 'error');
         INSERT INTO pgobs.listeners (instance_id, listener_id, host, pid, state, last_heartbeat)
         VALUES ('old:1', 'default', 'h', 1, 'stopped', now() - interval '2 days'),
                ('new:2', 'default', 'h', 2, 'stopped', now() - interval '1 hour'),
@@ -219,12 +215,11 @@ def test_each_step_removes_what_is_past_its_retention_and_dry_run_changes_nothin
 ) -> None:
     old_and_young(dsn)
     before = everything(dsn)
-    assert fetch(dsn, COUNTS, (True, 4)) == [(30, 25, 1, 0, 12, 9)]
+    assert fetch(dsn, COUNTS, (True, 4)) == [(30, 0, 1, 0, 12, 9)]
     assert everything(dsn) == before
-    assert fetch(dsn, COUNTS, (False, 4)) == [(30, 25, 1, 0, 12, 9)]
+    assert fetch(dsn, COUNTS, (False, 4)) == [(30, 0, 1, 0, 12, 9)]
     assert dict(everything(dsn)) == {
         "events": 10,
-        "audit": 1,
         "listeners": 2,  # one stopped an hour ago, one never said it stopped
         "dlq": 4,  # dlq_retention unset: dead letters stay
         "cache": 1,
@@ -232,6 +227,21 @@ def test_each_step_removes_what_is_past_its_retention_and_dry_run_changes_nothin
     }
     execute(dsn, "UPDATE pgobs.settings SET value = '30 days' WHERE key = 'dlq_retention'")
     assert fetch(dsn, COUNTS, (False, 3)) == [(0, 0, 0, 4, 0, 0)]
+
+
+def test_audit_rows_past_their_retention_go_oldest_first(dsn: str) -> None:
+    """The 0007 audit step (0008 replaces it with the trail's partition drops)."""
+    execute(
+        dsn,
+        """
+        INSERT INTO pgobs.audit (kind, status, at)
+        SELECT 'event', 'error', now() - interval '91 days' FROM generate_series(1, 25);
+        INSERT INTO pgobs.audit (kind, status) VALUES ('event', 'error');
+        """,
+    )
+    assert fetch(dsn, COUNTS, (True, 4)) == [(0, 25, 0, 0, 0, 0)]
+    assert fetch(dsn, COUNTS, (False, 4)) == [(0, 25, 0, 0, 0, 0)]
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.audit") == 1
 
 
 def test_without_every_listener_checkpointed_no_event_goes(dsn: str) -> None:
@@ -370,7 +380,7 @@ def test_the_leader_and_operator_roles_run_maintenance(dsn: str, group: str) -> 
     only the operator changes settings; neither deletes events any other way."""
     old_and_young(dsn)
     with login_role(dsn, group) as role_dsn:
-        assert fetch(role_dsn, COUNTS, (False, 10)) == [(30, 25, 1, 0, 12, 9)]
+        assert fetch(role_dsn, COUNTS, (False, 10)) == [(30, 0, 1, 0, 12, 9)]
         assert scalar(role_dsn, "SELECT pgobs.setting('events_retention')") == "7 days"
         assert refused(role_dsn, "DELETE FROM pgobs.events") == "InsufficientPrivilege"
         change = "UPDATE pgobs.settings SET value = '1 day' WHERE key = 'events_retention'"

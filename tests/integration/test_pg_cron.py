@@ -83,6 +83,14 @@ def test_pg_cron_runs_the_scheduled_maintenance(cron_server: str) -> None:
         "VALUES ('default', pg_current_snapshot())",
     )
 
+    bogus = run_pgobs(app, "maintenance", "schedule", "--cron", "every minute")
+    assert bogus.returncode == 1
+    assert bogus.stderr.strip() == (
+        "pgobs: error: pg_cron refused the schedule 'every minute' (invalid schedule: every "
+        "minute) (give five cron fields, e.g. --cron '*/5 * * * *')"
+    )
+    assert scalar(app, "SELECT pgobs.setting('maintenance_runner')") == "leader"
+
     for _ in range(2):  # scheduling again replaces the job, it does not add one
         done = run_pgobs(app, "maintenance", "schedule", "--cron", "* * * * *")
         assert done.returncode == 0, done.stderr
