@@ -496,3 +496,33 @@ SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
 -- name: release_wake_lock
 -- The leader reads on: writers may skip NOTIFY.
 SELECT pg_advisory_unlock_all()
+
+-- name: run_maintenance
+-- Every retention step of migration 0007, in one transaction; one row of what each removed.
+SELECT events, audit, listeners, dlq, cache, dedup, extract(epoch FROM took)::float8 AS took_s
+FROM pgobs.run_maintenance(%(dry_run)s, %(batch_size)s)
+
+-- name: maintenance_plan
+-- Whether the leading listener runs maintenance itself (pg_cron does not), and how often.
+SELECT pgobs.setting('maintenance_runner'),
+       extract(epoch FROM pgobs.setting_interval('maintenance_interval'))::float8
+
+-- name: set_maintenance_runner
+UPDATE pgobs.settings SET value = %(runner)s WHERE key = 'maintenance_runner'
+
+-- name: cron_database
+-- The database pg_cron runs its jobs from; NULL when the pg_cron library is not loaded.
+SELECT current_setting('cron.database_name', true), current_database()
+
+-- name: cron_installed
+SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron')
+
+-- name: cron_schedule
+-- By name: scheduling the same name again replaces its schedule and command (idempotent).
+SELECT cron.schedule_in_database(%(job)s, %(schedule)s, %(command)s, %(database)s)
+
+-- name: cron_job
+SELECT jobid, schedule FROM cron.job WHERE jobname = %(job)s AND username = current_user
+
+-- name: cron_unschedule
+SELECT cron.unschedule(%(jobid)s)

@@ -34,6 +34,7 @@ from pgobs.db.sqlfiles import query
 from pgobs.errors import PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
+from pgobs.listener.maintenance import LeaderMaintenance
 from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
 
@@ -281,9 +282,11 @@ class Listener:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wake.run)
+                tg.start_soon(LeaderMaintenance(self.dsn, self.settings.listener_id).run)
                 await self._fan_out_loop(conn, checkpoint, wake)
         except BaseExceptionGroup as group:
-            # WakeLock.run never raises: the loop's own error, for _candidate_loop to handle.
+            # WakeLock.run and LeaderMaintenance.run never raise: the loop's own error, for
+            # _candidate_loop to handle.
             raise group.exceptions[0] from None
 
     async def _fan_out_loop(self, conn: Connection, checkpoint: Checkpoint, wake: WakeLock) -> None:
