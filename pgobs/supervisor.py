@@ -19,6 +19,7 @@ from pgobs.db.migrate import ensure_migrated
 from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
 from pgobs.listener.thread import ListenerThread
+from pgobs.observability.health import Check, readiness
 from pgobs.observability.loopwatch import LoopWatch
 from pgobs.queue.worker import WorkerPool, WorkerSettings
 
@@ -47,6 +48,9 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
         if settings.role in ("listener", "all")
         else None
     )
+    checks = _readiness_checks(notifier, listener)
+    for name, check in checks.items():
+        readiness.add(name, check)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(notifier.run)
@@ -71,11 +75,30 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
                 await stopped.wait()
             tg.cancel_scope.cancel()
     finally:
+        for name in (*checks, "process"):
+            readiness.remove(name)
         if listener is not None:
             listener.stop()
             with anyio.CancelScope(shield=True):
                 await listener.wait()
         notifier.close()
+
+
+def _readiness_checks(notifier: Notifier, listener: ListenerThread | None) -> dict[str, Check]:
+    """Ready (/readyz): connected, and a listener candidate leading or standing by."""
+    checks: dict[str, Check] = {
+        "database": lambda: None if notifier.up else "not connected to the database",
+    }
+    if listener is not None:
+        candidate = listener.listener
+
+        def listening() -> str | None:
+            if candidate.state == "running":
+                return None  # leading or standing by
+            return f"listener {candidate.settings.listener_id} is {candidate.state}"
+
+        checks["listener"] = listening
+    return checks
 
 
 async def _stop_on_signal(
@@ -84,6 +107,7 @@ async def _stop_on_signal(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)
+            readiness.add("process", lambda: "stopping")
             if listener is not None:
                 listener.stop()
             if pool is not None:

@@ -94,6 +94,7 @@ class Notifier:
             for channel in channels
         }
         self.connected = anyio.Event()
+        self.up = False  # LISTENing now (read by /readyz from another thread)
 
     def close(self) -> None:
         for bell in self.doorbells.values():
@@ -114,6 +115,7 @@ class Notifier:
                 for channel in self.doorbells:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 delay = 0.1
+                self.up = True
                 self.connected.set()
                 # Everything that happened while we were not listening: ring once.
                 for bell in self.doorbells.values():
@@ -125,5 +127,6 @@ class Notifier:
             except psycopg.Error as exc:
                 log.warning("notifier connection lost (%s); reconnecting", exc)
             finally:
+                self.up = False
                 with anyio.CancelScope(shield=True):
                     await conn.close()

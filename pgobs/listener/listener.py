@@ -33,6 +33,7 @@ from pgobs.db.sqlfiles import query
 from pgobs.errors import PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
+from pgobs.listener.fleet import FleetPublisher
 from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
 
@@ -115,6 +116,7 @@ class Listener:
         self.dsn = dsn
         self.settings = settings or ListenerSettings()
         self.index = ObserverIndex(config)
+        self.fleet = FleetPublisher(self.index.refs)
         self.doorbell = doorbell
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.state: State = "initializing"
@@ -367,6 +369,8 @@ class Listener:
         metrics.listener_batch_bytes.observe(size)
         for observer, count in plan.matched.items():
             metrics.jobs_created.labels(observer).inc(count)
+        for observer, count in plan.events_matched.items():
+            metrics.events_matched.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
         return len(events)
 
@@ -395,6 +399,7 @@ class Listener:
                     metrics.listener_lag_events.labels(**self._labels).set(lag[0])
                     metrics.listener_lag_seconds.labels(**self._labels).set(lag[1])
                     await self._write_heartbeat(lag, conn)
+                    await self.fleet.tick(conn, leading=self.is_leader)
                 except Exception as exc:
                     log.warning("listener heartbeat failed (%s)", exc)
                     if conn is not None:
