@@ -146,7 +146,9 @@ def test_compose_services_are_all_there_pinned_checked_and_stored_in_named_volum
         tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
         assert tag and tag != "latest", f"{name}: image {image} is not pinned to a version"
         if "build" in service:
-            assert (ROOT / service["build"] / "Dockerfile").is_file(), name
+            dockerfile = (ROOT / service["build"] / "Dockerfile").read_text()
+            for base in re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE):
+                assert re.search(r":\S*\d", base), f"{name}: base image {base} is not pinned"
         if name != "migrate":
             assert service["healthcheck"]["test"], f"{name} has no health check"
         for needed in service.get("depends_on", {}):
