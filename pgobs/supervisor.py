@@ -7,9 +7,12 @@ standby), the pool stops claiming and drains, then the process exits."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -43,8 +46,23 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
         if (settings.role in ("worker", "all"))
         else None
     )
+    jobs_written: Callable[[], object] | None = None
+    if pool is not None:
+        # A fan-out on this process's listener thread wakes its pool at once (on the main loop:
+        # anyio.run's asyncio backend), a hop shorter than its NOTIFY's way through the server.
+        loop = asyncio.get_running_loop()
+        jobs_written = partial(loop.call_soon_threadsafe, notifier.doorbells[JOBS_CHANNEL].ring)
+
     listener = (
-        ListenerThread(Listener(dsn, config, notifier.doorbells[EVENTS_CHANNEL], settings.listener))
+        ListenerThread(
+            Listener(
+                dsn,
+                config,
+                notifier.doorbells[EVENTS_CHANNEL],
+                settings.listener,
+                jobs_written=jobs_written,
+            )
+        )
         if settings.role in ("listener", "all")
         else None
     )

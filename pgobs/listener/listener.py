@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -112,12 +113,17 @@ class Listener:
         config: Config,
         doorbell: Doorbell,
         settings: ListenerSettings | None = None,
+        *,
+        jobs_written: Callable[[], object] | None = None,
     ) -> None:
         self.dsn = dsn
         self.settings = settings or ListenerSettings()
         self.index = ObserverIndex(config)
         self.fleet = FleetPublisher(self.index.refs)
         self.doorbell = doorbell
+        # Called after a fan-out that wrote jobs, from the listener's thread: wakes a worker in
+        # this process without waiting for the NOTIFY to come back through the server.
+        self.jobs_written = jobs_written
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.state: State = "initializing"
         self.is_leader = False
@@ -364,6 +370,8 @@ class Listener:
         )
         checkpoint.snapshot, checkpoint.target = after
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
+        if plan.matched and self.jobs_written is not None:
+            self.jobs_written()
         self.events_processed += len(events)
         metrics.events_processed.labels(**self._labels).inc(len(events))
         metrics.listener_batch_bytes.observe(size)
