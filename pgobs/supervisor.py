@@ -66,7 +66,7 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
         if settings.role in ("listener", "all")
         else None
     )
-    checks = _readiness_checks(notifier, listener)
+    checks = _readiness_checks(notifier if pool is not None else None, listener)
     for name, check in checks.items():
         readiness.add(name, check)
     try:
@@ -102,11 +102,14 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
         notifier.close()
 
 
-def _readiness_checks(notifier: Notifier, listener: ListenerThread | None) -> dict[str, Check]:
-    """Ready (/readyz): connected, and a listener candidate leading or standing by."""
-    checks: dict[str, Check] = {
-        "database": lambda: None if notifier.up else "not connected to the database",
-    }
+def _readiness_checks(
+    notifier: Notifier | None, listener: ListenerThread | None
+) -> dict[str, Check]:
+    """Ready (/readyz): the workers' wake-up connection is up, and a listener candidate leads or
+    stands by (connected: the state says so)."""
+    checks: dict[str, Check] = {}
+    if notifier is not None:
+        checks["database"] = lambda: None if notifier.up else "not connected to the database"
     if listener is not None:
         candidate = listener.listener
 
