@@ -23,6 +23,7 @@ from pgobs.db.migrate import ensure_migrated
 from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
 from pgobs.listener.thread import ListenerThread
+from pgobs.observability.health import Check, readiness
 from pgobs.observability.loopwatch import LoopWatch
 from pgobs.queue.worker import WorkerPool, WorkerSettings
 
@@ -66,6 +67,9 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
             ),
             events,
         )
+    checks = _readiness_checks(notifier if pool is not None else None, listener)
+    for name, check in checks.items():
+        readiness.add(name, check)
     try:
         async with anyio.create_task_group() as tg:
             if pool is not None:
@@ -91,10 +95,32 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
                 await stopped.wait()
             tg.cancel_scope.cancel()
     finally:
+        for name in (*checks, "process"):
+            readiness.remove(name)
         if listener is not None:
             listener.stop()
             with anyio.CancelScope(shield=True):
                 await listener.wait()
+
+
+def _readiness_checks(
+    notifier: Notifier | None, listener: ListenerThread | None
+) -> dict[str, Check]:
+    """Ready (/readyz): the workers' wake-up connection is up, and a listener candidate leads or
+    stands by (connected: the state says so)."""
+    checks: dict[str, Check] = {}
+    if notifier is not None:
+        checks["database"] = lambda: None if notifier.up else "not connected to the database"
+    if listener is not None:
+        candidate = listener.listener
+
+        def listening() -> str | None:
+            if candidate.state == "running":
+                return None  # leading or standing by
+            return f"listener {candidate.settings.listener_id} is {candidate.state}"
+
+        checks["listener"] = listening
+    return checks
 
 
 async def _stop_on_signal(
@@ -103,6 +129,7 @@ async def _stop_on_signal(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)
+            readiness.add("process", lambda: "stopping")
             if listener is not None:
                 listener.stop()
             if pool is not None:

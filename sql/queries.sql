@@ -526,3 +526,22 @@ SELECT jobid, schedule FROM cron.job WHERE jobname = %(job)s AND username = curr
 
 -- name: cron_unschedule
 SELECT cron.unschedule(%(jobid)s)
+
+-- name: fleet_gauges
+-- The fleet-wide gauges (pgobs.observability.fleet), read once per interval by a leading
+-- listener or by `pgobs metrics`: rows of (kind, name, state, value, age in seconds).
+-- jobs: per observer and state, with the oldest job's age; dlq: dead letters per observer;
+-- heartbeat: the age of the newest heartbeat of each listener id's candidates that have not
+-- stopped (it grows when all of them died); lag: each leader's last reported lag in seconds.
+-- Only tables pgobs_operator may read, so `pgobs metrics` works with that role.
+SELECT 'jobs', observer, state, count(*)::float8,
+       extract(epoch FROM now() - min(created_at))::float8
+FROM pgobs.jobs GROUP BY observer, state
+UNION ALL
+SELECT 'dlq', observer, '', count(*)::float8, 0 FROM pgobs.dlq GROUP BY observer
+UNION ALL
+SELECT 'heartbeat', listener_id, '', extract(epoch FROM now() - max(last_heartbeat))::float8, 0
+FROM pgobs.listeners WHERE state <> 'stopped' GROUP BY listener_id
+UNION ALL
+SELECT 'lag', listener_id, '', max(lag_seconds), 0
+FROM pgobs.listeners WHERE is_leader AND state <> 'stopped' GROUP BY listener_id

@@ -87,6 +87,7 @@ class Notifier:
         self.dsn = dsn
         self.doorbells = {channel: Doorbell() for channel in channels}
         self.connected = anyio.Event()
+        self.up = False  # LISTENing now (read by /readyz from another thread)
 
     async def run(self) -> None:
         delay = 0.1
@@ -102,6 +103,7 @@ class Notifier:
                 for channel in self.doorbells:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 delay = 0.1
+                self.up = True
                 self.connected.set()
                 # Everything that happened while we were not listening: ring once.
                 for bell in self.doorbells.values():
@@ -113,5 +115,6 @@ class Notifier:
             except psycopg.Error as exc:
                 log.warning("notifier connection lost (%s); reconnecting", exc)
             finally:
+                self.up = False
                 with anyio.CancelScope(shield=True):
                     await conn.close()

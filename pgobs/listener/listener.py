@@ -34,6 +34,7 @@ from pgobs.db.sqlfiles import query
 from pgobs.errors import PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
+from pgobs.listener.fleet import FleetPublisher
 from pgobs.listener.maintenance import LeaderMaintenance
 from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
@@ -119,6 +120,7 @@ class Listener:
         self.dsn = dsn
         self.settings = settings or ListenerSettings()
         self.index = ObserverIndex(config)
+        self.fleet = FleetPublisher(self.index.refs)
         self.doorbell = doorbell
         # Called after a fan-out that wrote jobs, from the listener's thread: wakes a worker in
         # this process without waiting for the NOTIFY to come back through the server.
@@ -378,6 +380,8 @@ class Listener:
         metrics.listener_batch_bytes.observe(size)
         for observer, count in plan.matched.items():
             metrics.jobs_created.labels(observer).inc(count)
+        for observer, count in plan.events_matched.items():
+            metrics.events_matched.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
         return len(events)
 
@@ -406,6 +410,7 @@ class Listener:
                     metrics.listener_lag_events.labels(**self._labels).set(lag[0])
                     metrics.listener_lag_seconds.labels(**self._labels).set(lag[1])
                     await self._write_heartbeat(lag, conn)
+                    await self.fleet.tick(conn, leading=self.is_leader)
                 except Exception as exc:
                     log.warning("listener heartbeat failed (%s)", exc)
                     if conn is not None:
