@@ -4,7 +4,8 @@ Registering a command: one line below, naming the command's function (or its sub
 import path, so its module, and whatever heavy library it uses, is imported only when that
 command runs: ``pgobs --version`` and ``pgobs --help`` import none of them (a test checks it).
 Give ``help=`` on the line: the top-level help shows it without importing the module (the
-command's own ``--help`` page shows its docstring, see ``_own_help``).
+command's own ``--help`` page shows its docstring, see ``_own_help``). For a sub-``App``, give
+its own help text: cyclopts puts the line's on the sub-App's page.
 
     app.command("pgobs.cli.<module>:<function or App>", name="<command>", help="<one line>")
 
@@ -40,13 +41,27 @@ app.command(
 )
 app.command("pgobs.cli.demo:demo", help="The whole path on a database of its own.")
 app.command(
-    "pgobs.cli.dlq:app", name="dlq", help="The dead-letter queue: list, show, retry, remove."
+    "pgobs.cli.dlq:app",
+    name="dlq",
+    help="The dead-letter queue: jobs out of attempts or failed for good.",
 )
 app.command("pgobs.cli.status:status", help="Health of listeners, queue, DLQ and circuits.")
 app.command(
     "pgobs.cli.debug_event:debug_event",
     name="debug-event",
     help="Why an event did or did not reach each observer.",
+)
+app.command(
+    "pgobs.cli.maintenance:app",
+    name="maintenance",
+    help="Retention: remove events every listener has fanned out, old audit rows, stopped "
+    "listener rows and expired dedup and cache entries (pgobs.run_maintenance()).",
+)
+app.command(
+    "pgobs.cli.metrics:app",
+    name="metrics",
+    help="Current metric values: from a worker's --metrics-port (--url), else the fleet-wide "
+    "ones computed from the database.",
 )
 
 
@@ -86,7 +101,12 @@ def _own_help(args: list[str]) -> None:
     if args and not args[0].startswith("-") and args[0] in set(app):
         app.help_format = "markdown"
         command = app[args[0]]
-        if command.default_command is not None:
+        function = command.default_command
+        if function is None:
+            return
+        # A sub-App (pgobs metrics) keeps its own help; only a bare function's is restored.
+        module = vars(sys.modules[function.__module__]).values()
+        if not any(isinstance(v, App) and v.default_command is function for v in module):
             command.help = None
 
 

@@ -27,6 +27,7 @@ COMMANDS = [
     ["dlq", "remove"],
     ["status"],
     ["debug-event"],
+    ["metrics"],
 ]
 
 
