@@ -74,6 +74,15 @@ BEGIN
                   HINT = format('UPDATE pgobs.settings SET value = ''7 days'' WHERE key = %L',
                                 setting_key);
     END IF;
+    -- The steps subtract it from now(): '10000 years' reaches before any timestamp.
+    BEGIN
+        PERFORM now() - parsed;
+    EXCEPTION WHEN datetime_field_overflow THEN
+        RAISE EXCEPTION 'pgobs.settings: % = % is too long', setting_key, quote_literal(raw)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('UPDATE pgobs.settings SET value = ''7 days'' WHERE key = %L, '
+                                'or NULL to keep for ever', setting_key);
+    END;
     RETURN parsed;
 END;
 $$;

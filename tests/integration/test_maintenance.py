@@ -294,6 +294,8 @@ def test_runs_in_parallel_remove_each_row_once(dsn: str) -> None:
         ("7", "events_retention = '7' is not an interval with a unit"),
         ("a week", "events_retention = 'a week' is not an interval with a unit"),
         ("-1 day", "events_retention = '-1 day' is negative"),
+        # "keep for ever" written as a long interval: now() minus it is no timestamp at all
+        ("10000 years", "events_retention = '10000 years' is too long"),
     ],
 )
 def test_a_bad_setting_fails_the_run_before_anything_goes(
