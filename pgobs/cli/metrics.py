@@ -78,9 +78,15 @@ def _endpoint(url: str) -> str:
 
     if "://" not in url:
         url = f"http://{url}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise PgobsError(f"--url {url!r} is not an http(s) address", "e.g. http://127.0.0.1:9464")
+    bad = PgobsError(f"--url {url!r} is not an http(s) address", "e.g. http://127.0.0.1:9464")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no port
+    except ValueError as exc:
+        raise bad from exc
+    blank = any(c.isspace() or not c.isprintable() for c in url)  # urlopen refuses those
+    if parts.scheme not in ("http", "https") or not parts.hostname or blank:
+        raise bad
     return url if parts.path not in ("", "/") else f"{url.rstrip('/')}/metrics"
 
 

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acceptance.test_cli import free_port
@@ -224,4 +225,15 @@ def test_metrics_errors_are_one_line(dsn: str) -> None:
     bad = run_pgobs(dsn, "metrics", "--url", "ftp://example")
     assert bad.stderr.splitlines() == [
         "pgobs: error: --url 'ftp://example' is not an http(s) address (e.g. http://127.0.0.1:9464)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://127.0.0.1:abc", "http://127.0.0.1:99999", "http://a b"]
+)
+def test_a_malformed_url_is_one_line(dsn: str, url: str) -> None:
+    result = run_pgobs(dsn, "metrics", "--url", url)
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [
+        f"pgobs: error: --url {url!r} is not an http(s) address (e.g. http://127.0.0.1:9464)"
     ]
