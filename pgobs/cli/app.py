@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     args = sys.argv[1:] if argv is None else argv
+    if not {"-h", "--help", "--version"} & set(args):  # help is cyclopts' own text
+        from pgobs.cli.output import ShownControls
+
+        sys.stdout = ShownControls(sys.stdout)
     try:
         _own_help(args)
         result = app(args, result_action="return_value")

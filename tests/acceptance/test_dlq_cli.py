@@ -153,3 +153,31 @@ def test_database_url_is_honoured_when_pgobs_dsn_is_unset(dsn: str) -> None:
     assert refused.returncode == 3  # connection
     assert "127.0.0.1:1/none" in refused.stderr
     assert os.environ.get("PGOBS_DSN") != env["PGOBS_DSN"]
+
+
+def test_control_characters_from_rows_and_endpoints_reach_no_terminal(dsn: str) -> None:
+    """A receiver's error body and a row's key are anyone's text: an escape sequence in them
+    (clear the screen, retitle the window) is shown, not obeyed, and JSON still parses."""
+    hostile = "\x1b[2J\x1b]0;pwned\x07\x9b31m\r"
+    event_id = scalar(dsn, "SELECT pgobs.emit('Order', 'created', %s, '{}')", (hostile,))
+    dead = scalar(
+        dsn,
+        "INSERT INTO pgobs.dlq (job_id, event_id, observer, action_index, action_type, event, "
+        "attempts, max_attempts, error_kind, last_error, errors, created_at) "
+        "VALUES (1, %s, 'o', 0, 'webhook', '{}', 1, 1, 'permanent', %s, "
+        "jsonb_build_array(jsonb_build_object('error', %s::text, 'kind', 'permanent')), now()) "
+        "RETURNING id",
+        (event_id, f"HTTP 400: {hostile}", f"HTTP 400: {hostile}"),
+    )
+    for args in (
+        ("dlq", "list"),
+        ("dlq", "show", str(dead)),
+        ("debug-event", "--event-id", str(event_id)),
+        ("debug-event", "--history", "5"),
+    ):
+        result = run_pgobs(dsn, *args)
+        assert result.returncode == 0, result.stderr
+        assert not any(c in result.stdout for c in "\x1b\x07\x9b\r"), args
+        assert "\\u001b[2J" in result.stdout, args
+    shown = run_pgobs(dsn, "dlq", "show", str(dead), "--json")
+    assert json.loads(shown.stdout)["errors"][0]["error"] == f"HTTP 400: {hostile}"
