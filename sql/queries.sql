@@ -642,3 +642,9 @@ WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s)
   AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
 ORDER BY id DESC
 LIMIT %(limit)s
+
+-- name: status_checkpointed_listener_ids
+-- Listener ids with a checkpoint: pgobs.run_maintenance() keeps every event each one has not
+-- fanned out, so status shows them even once their stopped instance rows have gone.
+SELECT listener_id FROM pgobs.checkpoints
+WHERE %(listener_id)s::text IS NULL OR listener_id = %(listener_id)s

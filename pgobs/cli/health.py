@@ -94,6 +94,11 @@ async def read_status(conn: Connection, listener_id: str | None) -> Status:
         listeners.setdefault(
             instance.listener_id, ListenerStatus(instance.listener_id, [])
         ).instances.append(instance)
+    checkpointed = await conn.execute(
+        query("status_checkpointed_listener_ids"), {"listener_id": listener_id}
+    )
+    for (held_by,) in await checkpointed.fetchall():
+        listeners.setdefault(held_by, ListenerStatus(held_by, []))
     for status in listeners.values():
         await _measure_lag(conn, status)
     cur = await conn.execute(query("open_event_writers"))
@@ -104,7 +109,9 @@ async def read_status(conn: Connection, listener_id: str | None) -> Status:
     circuits_cur = await conn.execute(query("status_open_circuits"))
     circuits = [row[0] for row in await circuits_cur.fetchall()]
     dead = await dlq.stats(conn, by_observer=True)
-    return Status(list(listeners.values()), writers, jobs, dead, circuits)
+    return Status(
+        sorted(listeners.values(), key=lambda s: s.listener_id), writers, jobs, dead, circuits
+    )
 
 
 async def _measure_lag(conn: Connection, status: ListenerStatus) -> None:
@@ -132,6 +139,15 @@ def judge(status: Status, limits: Thresholds, listener_id: str | None) -> list[s
     for listener in status.listeners:
         name = listener.listener_id
         leader = listener.leader
+        if not listener.instances:
+            literal = name.replace("'", "''")
+            problems.append(
+                f"listener {name!r} has no instance left but its checkpoint holds back "
+                "retention: pgobs.run_maintenance() keeps every event it has not fanned out; "
+                f"start it again, or retire it: DELETE FROM pgobs.checkpoints WHERE listener_id "
+                f"= '{literal}' (and from pgobs.leadership)"
+            )
+            continue
         if leader is None:
             problems.append(f"listener {name!r} has no leader: no running instance leads it")
         elif leader.heartbeat_age_s > limits.max_heartbeat_age_s:

@@ -173,3 +173,27 @@ def test_the_operator_role_reads_status_and_debugs_events(
         assert explained.returncode == 0, explained.stderr
         assert "  a: matched" in explained.stdout
         assert "a/log (log): available, attempt 0 of 5" in explained.stdout
+
+
+def test_a_retired_listener_id_still_holding_events_stays_unhealthy(
+    orders: str, listener: Worker
+) -> None:
+    """A listener id whose instances are all gone (maintenance removes stopped rows after
+    listeners_retention) but whose checkpoint remains holds back every event it has not read:
+    status must keep saying so, or the events table grows with status green."""
+    wait_until(lambda: status(orders)[0].returncode == 0, timeout=60)
+    execute(
+        orders,
+        "INSERT INTO pgobs.checkpoints (listener_id, snapshot) VALUES ('shard-b', '3:3:')",
+    )
+    result, doc = status(orders)
+    assert result.returncode == 1
+    assert [li["listener_id"] for li in doc["listeners"]] == ["default", "shard-b"]
+    (problem,) = doc["problems"]
+    assert problem.startswith("listener 'shard-b' has no instance left but its checkpoint holds")
+    assert "DELETE FROM pgobs.checkpoints WHERE listener_id = 'shard-b'" in problem
+    # --listener narrows to it, too
+    one, doc = status(orders, "--listener", "shard-b")
+    assert one.returncode == 1 and doc["problems"] == [problem]
+    execute(orders, "DELETE FROM pgobs.checkpoints WHERE listener_id = 'shard-b'")
+    assert status(orders)[0].returncode == 0
