@@ -11,8 +11,12 @@ from prometheus_client.exposition import choose_encoder
 
 from pgobs.observability.health import readiness
 
+IDLE_TIMEOUT_S = 10  # a connection silent this long is closed: it must not keep its thread
+
 
 class _Handler(BaseHTTPRequestHandler):
+    timeout = IDLE_TIMEOUT_S
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path in ("/metrics", "/"):

@@ -237,3 +237,16 @@ def test_a_malformed_url_is_one_line(dsn: str, url: str) -> None:
     assert result.stderr.splitlines() == [
         f"pgobs: error: --url {url!r} is not an http(s) address (e.g. http://127.0.0.1:9464)"
     ]
+
+
+def test_an_idle_connection_to_the_metrics_port_is_closed() -> None:
+    """A client that connects and sends nothing (a port scanner, a slow-loris) must not hold a
+    thread of the worker for ever: the server hangs up after its idle timeout."""
+    import socket
+
+    from pgobs.observability.server import IDLE_TIMEOUT_S, start_server
+
+    port = start_server(0)
+    with socket.create_connection(("127.0.0.1", port)) as idle:
+        idle.settimeout(IDLE_TIMEOUT_S + 30)
+        assert idle.recv(1) == b""  # closed by the server, not timed out here
