@@ -51,10 +51,10 @@ def parse_age(text: str) -> timedelta:
         raise BadOption(
             f"cannot read the age {text!r}", "use a number and a unit: 90s, 15m, 12h, 30d, 2w"
         )
-    age = timedelta(**{_UNITS[match.group(2)]: min(int(match.group(1)), 10**9)})
-    if age > MAX_AGE:
+    count, unit = int(match.group(1)), timedelta(**{_UNITS[match.group(2)]: 1})
+    if count > MAX_AGE // unit:  # compared as counts: a huge one is no timedelta at all
         raise BadOption(f"the age {text!r} is over 100 years", "give a shorter age, like 30d")
-    return age
+    return count * unit
 
 
 async def list_dead(

@@ -79,6 +79,10 @@ def test_validate_config_reports_lines_and_exits_4(tmp_path: Path) -> None:
         (["worker", "--batch-size", "0"], "--batch-size must be between 1 and 100000"),
         (["dlq", "list", "--limit", "0"], "--limit must be at least 1, got 0"),
         (["dlq", "purge", "--older-than", "soon"], "cannot read the age 'soon'"),
+        # past timedelta's range, and past 100 years only before a cap shortened it
+        (["dlq", "purge", "--older-than", "1000000000d"], "the age '1000000000d' is over 100"),
+        (["dlq", "purge", "--older-than", "200000000w"], "the age '200000000w' is over 100"),
+        (["dlq", "purge", "--older-than", "99999999999s"], "the age '99999999999s' is over 100"),
     ],
 )
 def test_bad_options_are_one_line(args: list[str], message: str) -> None:
