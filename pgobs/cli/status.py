@@ -40,7 +40,7 @@ def status(
     detailed
         Also list standby and stopped listener instances and each open circuit's counters.
     """
-    if max_lag < 0 or max_heartbeat_age <= 0:
+    if not (max_lag >= 0 and max_heartbeat_age > 0):  # NaN too: it passes every comparison
         raise BadOption("--max-lag must be 0 or more and --max-heartbeat-age more than 0")
     found = with_connection(dsn, lambda conn: read_status(conn, listener))
     found.problems = judge(found, Thresholds(max_lag, max_heartbeat_age), listener)
