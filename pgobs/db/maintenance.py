@@ -72,6 +72,12 @@ async def maintenance_plan(conn: Connection) -> MaintenancePlan:
     except psycopg.errors.InvalidParameterValue as exc:
         raise _setting_error(exc) from exc
     assert row is not None
+    if row[0] is not None and row[0] not in RUNNERS:  # no one would run it, silently
+        raise PgobsError(
+            f"pgobs.settings: maintenance_runner = {row[0]!r} is neither 'leader' nor 'pg_cron'",
+            "UPDATE pgobs.settings SET value = 'leader' WHERE key = 'maintenance_runner' "
+            "('pg_cron' is set by pgobs maintenance schedule)",
+        )
     return MaintenancePlan(runner=row[0], interval_s=row[1])
 
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_privileges import login_role, refused
-from tests.support import Worker, execute, fetch, scalar, wait_until
+from tests.support import Worker, execute, fetch, run_pgobs, scalar, wait_until
 
 # Orders match no observer (no job keeps them); a Held event gets a job, which no worker runs.
 CONFIG = """
@@ -391,3 +391,24 @@ def test_the_leader_and_operator_roles_run_maintenance(dsn: str, group: str) -> 
             assert scalar(role_dsn, "SELECT count(*) FROM pgobs.job_counts") == 0
         else:
             assert refused(role_dsn, change) == "InsufficientPrivilege"
+
+
+def test_a_maintenance_runner_that_is_neither_leader_nor_pg_cron_is_reported(
+    tables: tuple[str, Path], tmp_path: Path
+) -> None:
+    """'Leader' or 'cron' matched neither runner, so no one ran maintenance, silently."""
+    dsn, config = tables
+    execute(dsn, "UPDATE pgobs.settings SET value = '1 second' WHERE key = 'maintenance_interval'")
+    execute(dsn, "UPDATE pgobs.settings SET value = 'Leader' WHERE key = 'maintenance_runner'")
+    leader = listener(dsn, config, "default", tmp_path)
+    try:
+        wait_until(lambda: "maintenance failed" in leader.output(), timeout=60)
+    finally:
+        leader.stop()
+    assert (
+        "pgobs.settings: maintenance_runner = 'Leader' is neither 'leader' nor 'pg_cron'"
+        in leader.output()
+    )
+    result = run_pgobs(dsn, "maintenance", "schedule")
+    assert result.returncode == 1
+    assert result.stderr.startswith("pgobs: error: pgobs.settings: maintenance_runner = 'Leader'")
