@@ -7,7 +7,7 @@ from typing import Annotated
 from cyclopts import App, Parameter
 
 from pgobs.cli.session import Dsn, with_connection
-from pgobs.errors import PgobsError
+from pgobs.errors import BadOption
 
 app = App(
     name="maintenance",
@@ -37,7 +37,7 @@ def run(
     from pgobs.db.maintenance import run_maintenance
 
     if not 1 <= batch_size <= 1_000_000:
-        raise PgobsError(f"--batch-size must be between 1 and 1000000, got {batch_size}")
+        raise BadOption(f"--batch-size must be between 1 and 1000000, got {batch_size}")
     report = with_connection(
         dsn, lambda conn: run_maintenance(conn, dry_run=dry_run, batch_size=batch_size)
     )

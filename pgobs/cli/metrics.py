@@ -12,7 +12,7 @@ from cyclopts import App, Parameter
 
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.db.connect import Connection
-from pgobs.errors import ConnectionFailed, NotFound, PgobsError
+from pgobs.errors import BadOption, ConnectionFailed, NotFound, PgobsError
 
 app = App(
     name="metrics",
@@ -78,7 +78,7 @@ def _endpoint(url: str) -> str:
 
     if "://" not in url:
         url = f"http://{url}"
-    bad = PgobsError(f"--url {url!r} is not an http(s) address", "e.g. http://127.0.0.1:9464")
+    bad = BadOption(f"--url {url!r} is not an http(s) address", "e.g. http://127.0.0.1:9464")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is no port

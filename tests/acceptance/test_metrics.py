@@ -223,6 +223,7 @@ def test_metrics_errors_are_one_line(dsn: str) -> None:
     assert lines[0].startswith(f"pgobs: error: cannot read http://127.0.0.1:{port}/metrics: ")
     assert "Connection refused" in lines[0]
     bad = run_pgobs(dsn, "metrics", "--url", "ftp://example")
+    assert bad.returncode == 2  # an invalid option
     assert bad.stderr.splitlines() == [
         "pgobs: error: --url 'ftp://example' is not an http(s) address (e.g. http://127.0.0.1:9464)"
     ]
@@ -233,7 +234,7 @@ def test_metrics_errors_are_one_line(dsn: str) -> None:
 )
 def test_a_malformed_url_is_one_line(dsn: str, url: str) -> None:
     result = run_pgobs(dsn, "metrics", "--url", url)
-    assert result.returncode != 0
+    assert result.returncode == 2  # an invalid option, as the README's exit codes say
     assert result.stderr.splitlines() == [
         f"pgobs: error: --url {url!r} is not an http(s) address (e.g. http://127.0.0.1:9464)"
     ]
