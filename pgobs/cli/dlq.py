@@ -15,6 +15,8 @@ from pgobs.db.connect import Connection
 from pgobs.errors import BadOption, PgobsError
 from pgobs.queue import dlq
 
+BIGINT_MAX = 2**63 - 1
+
 app = App(name="dlq", help="The dead-letter queue: jobs out of attempts or failed for good.")
 
 COLUMNS = ("ID", "FAILED AT", "OBSERVER", "ACTION", "EVENT", "ENTITY ID", "TRIES")
@@ -40,6 +42,9 @@ def list_(
         raise BadOption(f"--limit must be at least 1, got {limit}")
     if offset < 0:
         raise BadOption(f"--offset must not be negative, got {offset}")
+    for name, value in (("--limit", limit), ("--offset", offset)):
+        if value > BIGINT_MAX:  # Postgres' LIMIT and OFFSET take a bigint
+            raise BadOption(f"{name} must be at most {BIGINT_MAX}, got {value}")
     rows = with_connection(dsn, lambda c: dlq.list_dead(c, observer, limit, offset, after))
     if wants_json(json, format):
         print_json([r.as_json() for r in rows])

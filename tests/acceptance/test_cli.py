@@ -83,6 +83,9 @@ def test_validate_config_reports_lines_and_exits_4(tmp_path: Path) -> None:
         (["dlq", "purge", "--older-than", "1000000000d"], "the age '1000000000d' is over 100"),
         (["dlq", "purge", "--older-than", "200000000w"], "the age '200000000w' is over 100"),
         (["dlq", "purge", "--older-than", "99999999999s"], "the age '99999999999s' is over 100"),
+        # past bigint: the database refused it, exit 1, naming no option
+        (["dlq", "list", "--offset", "99999999999999999999"], "--offset must be at most"),
+        (["dlq", "list", "--limit", "99999999999999999999"], "--limit must be at most"),
         # NaN compares false with every lag: a probe that could never fail
         (["status", "--max-lag", "nan"], "--max-lag must be 0 or more"),
         (["status", "--max-heartbeat-age", "nan"], "--max-lag must be 0 or more"),
