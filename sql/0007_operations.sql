@@ -388,6 +388,10 @@ BEGIN
         RAISE EXCEPTION 'pgobs.run_maintenance: batch_size must be at least 1, got %', batch_size
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF dry_run IS NULL THEN  -- each step would read NULL its own way
+        RAISE EXCEPTION 'pgobs.run_maintenance: dry_run must be true or false, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     FOREACH setting_key IN ARRAY ARRAY['events_retention', 'audit_retention',
                                        'listeners_retention', 'dlq_retention'] LOOP
         PERFORM pgobs.setting_interval(setting_key);

@@ -320,6 +320,9 @@ def test_an_unknown_setting_is_an_error_naming_the_known_ones(dsn: str) -> None:
     assert scalar(dsn, "SELECT pgobs.setting('dlq_retention')") is None
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="batch_size must be at least"):
         execute(dsn, COUNTS, (False, 0))
+    # NULL is neither: some steps took it for a dry run, others deleted (without the lock)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="dry_run must be true or"):
+        execute(dsn, COUNTS, (None, 10))
 
 
 def test_job_counts_per_observer_and_state(dsn: str) -> None:
