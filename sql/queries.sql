@@ -96,7 +96,7 @@ WITH s AS MATERIALIZED (
 )
 SELECT s.cur::text AS target, r.id, r.txid::text::bigint AS txid, r.entity_type, r.entity_id,
        r.event_type, r.data, r.old_data, r.changed_fields, r.tenant, r.actor, r.created_at,
-       r.size
+       r.idempotency_key, r.size
 FROM s LEFT JOIN LATERAL pgobs.read_events(
     s.prev, s.cur, %(txid)s::text::xid8, %(event_id)s, %(limit)s, %(max_bytes)s) AS r ON true
 
@@ -104,17 +104,49 @@ FROM s LEFT JOIN LATERAL pgobs.read_events(
 -- One batch's whole write, as one statement on the leader's session (atomic; one round trip):
 -- a job per matched action, audit rows for events an observer could not judge, the new
 -- checkpoint, and the jobs doorbell (delivered on commit).
--- Jobs come as (event id, action ref); each ref names a row of the actions' catalog, sent once.
-WITH new_jobs AS (
+-- Jobs come as (event id, action ref, gate); each ref names a row of the actions' catalog, sent
+-- once. A job with gate 0 is written; one with gate n only when dedup gate n passes: a 'check'
+-- gate claims its fingerprint in pgobs.dedup (new, or expired), unless Redis named a batch as
+-- its claimer (claimed_by) and that batch committed (its 'batch:' row); a 'free' gate was
+-- claimed in Redis by this batch; a 'skip' gate is a duplicate already. Fingerprints, jobs and
+-- checkpoint commit together, so a crash never keeps one without the others. Returns the
+-- skipped gates: (event id, observer, fingerprint) of every duplicate, for the trail.
+WITH gates AS MATERIALIZED (
+    SELECT * FROM unnest(%(gate_fingerprints)b::text[], %(gate_windows)b::float8[],
+                         %(gate_modes)b::text[], %(gate_claimed_by)b::text[],
+                         %(gate_event_ids)b::bigint[], %(gate_observers)b::text[])
+           WITH ORDINALITY AS g(fingerprint, window_s, mode, claimed_by, event_id, observer, n)
+), claimed AS (
+    INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
+    SELECT g.fingerprint, now() + make_interval(secs => g.window_s) FROM gates AS g
+    WHERE g.mode = 'check'
+      AND NOT EXISTS (SELECT FROM pgobs.dedup AS b
+                      WHERE b.fingerprint = 'batch:' || g.claimed_by AND b.expires_at > now())
+    ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE d.expires_at <= now()
+    RETURNING d.fingerprint
+), passed AS (
+    SELECT g.n FROM gates AS g JOIN claimed AS c USING (fingerprint) WHERE g.mode = 'check'
+    UNION ALL
+    SELECT g.n FROM gates AS g WHERE g.mode = 'free'
+), batch AS (
+    -- This batch's Redis claims are trusted once it has committed (see pgobs/reliability/dedup).
+    INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
+    SELECT 'batch:' || %(batch_id)s::text, now() + make_interval(secs => %(batch_ttl_s)s::float8)
+    WHERE %(batch_id)s::text IS NOT NULL
+    ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
+), new_jobs AS (
     INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, priority,
                             max_attempts)
     SELECT j.event_id, a.observer, a.action, a.action_index, a.action_type, a.priority,
            a.max_attempts
-    FROM unnest(%(event_ids)b::bigint[], %(refs)b::int[]) WITH ORDINALITY AS j(event_id, ref, n)
+    FROM unnest(%(event_ids)b::bigint[], %(refs)b::int[], %(gates)b::int[])
+         WITH ORDINALITY AS j(event_id, ref, gate, n)
     JOIN unnest(%(observers)b::text[], %(actions)b::text[], %(action_indexes)b::int[],
                 %(action_types)b::text[], %(priorities)b::smallint[], %(max_attempts)b::int[])
          WITH ORDINALITY AS a(observer, action, action_index, action_type, priority,
                               max_attempts, ref) USING (ref)
+    WHERE j.gate = 0 OR j.gate IN (SELECT n FROM passed)
     ORDER BY j.n
 ), audited AS (
     INSERT INTO pgobs.audit (kind, status, event_id, observer, entity_type, entity_id,
@@ -133,8 +165,14 @@ WITH new_jobs AS (
         event_id = EXCLUDED.event_id, last_processed_at = EXCLUDED.last_processed_at,
         updated_at = now()
     RETURNING 1
+), rung AS (
+    SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
 )
-SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
+-- One row with NULLs when nothing was skipped: reading rung's count sends the doorbell always.
+SELECT s.event_id, s.observer, s.fingerprint
+FROM (SELECT count(*) FROM rung) AS r
+LEFT JOIN (SELECT g.event_id, g.observer, g.fingerprint FROM gates AS g
+           WHERE g.n NOT IN (SELECT n FROM passed)) AS s ON true
 
 -- name: notify_jobs
 SELECT pg_notify('pgobs_jobs', '')
@@ -496,3 +534,12 @@ SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
 -- name: release_wake_lock
 -- The leader reads on: writers may skip NOTIFY.
 SELECT pg_advisory_unlock_all()
+
+-- name: cache_get
+-- An enrichment cache entry, unless it has expired (maintenance deletes those).
+SELECT value FROM pgobs.cache WHERE key = %(key)s AND expires_at > now()
+
+-- name: cache_set
+INSERT INTO pgobs.cache (key, value, expires_at)
+VALUES (%(key)s, %(value)s::jsonb, now() + make_interval(secs => %(ttl_s)s))
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at
