@@ -40,7 +40,7 @@ observers:
     actions: [{{type: webhook, url: "{url}/paid"}}]
 """
 
-FINGERPRINTS = "SELECT count(*) FROM pgobs.dedup WHERE fingerprint NOT LIKE 'batch:%%'"
+FINGERPRINTS = "SELECT count(*) FROM pgobs.dedup WHERE fingerprint NOT LIKE 'batch:%'"
 
 
 @pytest.fixture
