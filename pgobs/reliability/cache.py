@@ -70,8 +70,8 @@ class RedisCache:
         self._retry_at = 0.0
         self._down = False
 
-    def _redis(self) -> Any:
-        if time.monotonic() < self._retry_at:
+    def _redis(self, *, always: bool = False) -> Any:
+        if not always and time.monotonic() < self._retry_at:
             return None
         if self._client is None:
             self._client = redis_client(self.settings)
@@ -119,8 +119,8 @@ class RedisCache:
         await self.fallback.set(key, value, ttl_s)
 
     async def delete(self, keys: list[str]) -> None:
-        client = self._redis()
-        if client is not None and keys:
+        client = self._redis(always=True)  # a stale value must never outlive its invalidation
+        if keys:
             try:
                 await client.delete(*(self._prefix + key for key in keys))
             except Exception as exc:
