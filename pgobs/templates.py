@@ -115,9 +115,9 @@ def _failed(source: str, exc: Exception) -> TemplateFailed:
 
 
 def compile_error(source: str) -> str | None:
-    """Why ``source`` does not compile, or None."""
+    """Why ``source`` does not compile, or None (an unknown filter or test included)."""
     try:
-        _ENV.parse(source)
+        _ENV.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         return f"template does not compile: {exc.message} (template line {exc.lineno})"
     return None

@@ -35,4 +35,4 @@ def _key_template(d: Fields, source: str) -> Template | None:
             hint,
         )
         return None
-    return checked_template(d, "key", source, hint)
+    return checked_template(d, "key", source, hint, "dedup key")

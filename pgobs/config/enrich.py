@@ -62,11 +62,11 @@ def _lookup(lf: Fields) -> Lookup | None:
         )
     lf.one_of("http", "sql", hint="give http: {url: ...} or sql: SELECT ...")
     source: HttpLookup | SqlLookup | None = None
-    if lf.has("http"):
+    if lf.get("http") is not None:
         source = _http(lf)
-    elif lf.has("sql"):
+    elif lf.get("sql") is not None:
         source = _sql(lf)
-    cache = _cache(lf) if lf.has("cache") else None
+    cache = _cache(lf) if lf.get("cache") is not None else None
     timeout_s = lf.duration("timeout", default=5.0, minimum=0.001, maximum=300.0)
     lf.finish()
     if name is None or source is None:
@@ -93,10 +93,10 @@ def _http(lf: Fields) -> HttpLookup | None:
                 'e.g. "https://crm.internal/customers/{{ data.customer_id }}"',
             )
         else:
-            url = _template(hf, "url", url_source)
+            url = _template(hf, "url", url_source, "lookup url")
     headers: list[tuple[str, Template]] = []
     for key, value in hf.string_map("headers").items():
-        header = _template(hf, "headers", value)
+        header = _template(hf, "headers", value, f"header {key}")
         if header is not None:
             headers.append((key, header))
     hf.finish()
@@ -123,7 +123,7 @@ def _cache(lf: Fields) -> CacheRule | None:
         return None
     source = cf.string("key", required=True, hint='key: "customer:{{ data.customer_id }}"')
     ttl_s = cf.duration("ttl", default=60.0, minimum=0.001, maximum=MAX_TTL_S)
-    key = None if source is None else _template(cf, "key", source)
+    key = None if source is None else _template(cf, "key", source, "cache key")
     if key is not None and source is not None and "{" not in source:
         cf.issues.error(
             cf.at("key"),
@@ -135,5 +135,5 @@ def _cache(lf: Fields) -> CacheRule | None:
     return None if key is None else CacheRule(key=key, ttl_s=ttl_s)
 
 
-def _template(f: Fields, field: str, source: str) -> Template | None:
-    return checked_template(f, field, source, "templates look like {{ data.field }}")
+def _template(f: Fields, field: str, source: str, what: str) -> Template | None:
+    return checked_template(f, field, source, "templates look like {{ data.field }}", what)

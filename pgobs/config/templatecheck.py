@@ -15,10 +15,11 @@ from pgobs.templates import Template, TemplateFailed, compile_error
 SAMPLE_EVENT = Event(id=1, entity_type="Sample", event_type="INSERT", data={}, entity_id="1")
 
 
-def checked_template(f: Fields, field: str, source: str, hint: str) -> Template | None:
+def checked_template(f: Fields, field: str, source: str, hint: str, what: str) -> Template | None:
+    """``what`` names the template in messages (e.g. "dedup key")."""
     error = compile_error(source)
     if error:
-        f.issues.error(f.at(field), f"{field}: {error}", hint)
+        f.issues.error(f.at(field), f"{what}: {error}", hint)
         return None
     template = Template(source)
     envelope: dict[str, Any] = SAMPLE_EVENT.envelope()
@@ -26,6 +27,6 @@ def checked_template(f: Fields, field: str, source: str, hint: str) -> Template 
         template.render({**envelope, "event": envelope, "observer": "sample"})
     except TemplateFailed as exc:
         if not isinstance(exc.__cause__, jinja2.UndefinedError):
-            f.issues.error(f.at(field), f"{field} does not render: {exc}", hint)
+            f.issues.error(f.at(field), f"{what} does not render: {exc}", hint)
             return None
     return template
