@@ -123,6 +123,7 @@ def _cache(lf: Fields) -> CacheRule | None:
         return None
     source = cf.string("key", required=True, hint='key: "customer:{{ data.customer_id }}"')
     ttl_s = cf.duration("ttl", default=60.0, minimum=0.001, maximum=MAX_TTL_S)
+    local_ttl_s = cf.duration("local_ttl", default=min(1.0, ttl_s), minimum=0.0, maximum=ttl_s)
     key = None if source is None else _template(cf, "key", source, "cache key")
     if key is not None and source is not None and "{" not in source:
         cf.issues.error(
@@ -132,7 +133,7 @@ def _cache(lf: Fields) -> CacheRule | None:
         )
         key = None
     cf.finish()
-    return None if key is None else CacheRule(key=key, ttl_s=ttl_s)
+    return None if key is None else CacheRule(key=key, ttl_s=ttl_s, local_ttl_s=local_ttl_s)
 
 
 def _template(f: Fields, field: str, source: str, what: str) -> Template | None:

@@ -3,7 +3,10 @@
 ``pgobs.cache`` (UNLOGGED: a server crash empties it, which a cache may) is the default store;
 with Redis configured, Redis is, and a Redis call that fails or is slow falls back to Postgres for
 that call. :class:`Cache` adds single-flight per key: however many jobs of a worker want one key
-at once, one reads the store and at most one computes the value; the others wait for it.
+at once, one reads the store and at most one computes the value; the others wait for it. It also
+keeps what it read in memory for a lookup's ``local_ttl`` (1 s by default): a store round trip
+costs a no-op job several times its own work. An invalidation clears this process' copy at once
+and other processes' copies within their ``local_ttl``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger("pgobs.cache")
 
 MISSING: Any = object()  # what a store's get returns for a key it does not hold (None is a value)
 REDIS_RETRY_AFTER_S = 1.0
+LOCAL_ENTRIES = 10_000  # values kept in memory at most (the oldest go first)
 
 
 class CacheStore(Protocol):
@@ -149,6 +153,7 @@ class Cache:
     def __init__(self, store: CacheStore) -> None:
         self.store = store
         self._flights: dict[str, _Flight] = {}
+        self._local: dict[str, tuple[float, Any]] = {}  # key -> (monotonic expiry, value)
 
     async def get(self, key: str, default: Any = None) -> Any:
         value = await self.store.get(key)
@@ -158,13 +163,21 @@ class Cache:
         await self.store.set(key, value, ttl_s)
 
     async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._local.pop(key, None)
         await self.store.delete(list(keys))
 
     async def get_or_set(
-        self, key: str, ttl_s: float, compute: Callable[[], Awaitable[Any]]
+        self, key: str, ttl_s: float, compute: Callable[[], Awaitable[Any]], local_s: float = 0.0
     ) -> tuple[Any, bool]:
         """The cached value of ``key``, or ``compute()``'s (cached for ``ttl_s``); and whether it
-        was a hit. Concurrent calls for one key share one store read and one ``compute``."""
+        was a hit. Concurrent calls for one key share one store read and one ``compute``. With
+        ``local_s``, a value is also kept in this process' memory that long (at most ``ttl_s``)."""
+        kept = self._local.get(key)
+        if kept is not None:
+            if kept[0] > time.monotonic():
+                return kept[1], True
+            del self._local[key]
         while (flight := self._flights.get(key)) is not None:
             await flight.done.wait()
             if flight.error is None:
@@ -180,6 +193,8 @@ class Cache:
                 flight.computed = True
                 await self.store.set(key, value, ttl_s)
             flight.value = value
+            if local_s > 0:
+                self._keep(key, value, min(local_s, ttl_s))
             return value, not flight.computed
         except BaseException as exc:
             flight.error = exc
@@ -187,3 +202,9 @@ class Cache:
         finally:
             del self._flights[key]
             flight.done.set()
+
+    def _keep(self, key: str, value: Any, seconds: float) -> None:
+        self._local.pop(key, None)  # re-inserted last: the oldest entries are evicted first
+        self._local[key] = (time.monotonic() + seconds, value)
+        while len(self._local) > LOCAL_ENTRIES:
+            del self._local[next(iter(self._local))]

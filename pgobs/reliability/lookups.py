@@ -44,6 +44,7 @@ class SqlLookup:
 class CacheRule:
     key: Template
     ttl_s: float
+    local_ttl_s: float = 1.0  # how long a worker process keeps a value it read in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,8 @@ class Enricher:
                 misses.inc()
                 return await fetch()
             key = lookup.cache.key.render(context)
-            value, hit = await self.cache.get_or_set(key, lookup.cache.ttl_s, fetch)
+            rule = lookup.cache
+            value, hit = await self.cache.get_or_set(key, rule.ttl_s, fetch, rule.local_ttl_s)
             (hits if hit else misses).inc()
             return value
         except TimeoutError as exc:

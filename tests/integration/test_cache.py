@@ -132,3 +132,27 @@ async def test_redis_down_falls_back_to_postgres(dsn: str) -> None:
                 await store.delete(["customer:1"])
         finally:
             await store.close()
+
+
+async def test_a_worker_keeps_what_it_read_for_local_ttl_and_its_invalidation_clears_it(
+    dsn: str,
+) -> None:
+    async with open_pool(dsn) as pool:
+        cache = Cache(PostgresCache(pool))
+        source = Source()
+        source.release.set()
+        assert await cache.get_or_set("customer:1", 60, source, local_s=60) == (
+            {"name": "Ada"},
+            False,
+        )
+        # Gone from the store behind this process' back (another worker's invalidation): this
+        # process still answers from memory, for local_s at most.
+        scalar(dsn, "DELETE FROM pgobs.cache RETURNING 1")
+        assert await cache.get_or_set("customer:1", 60, source, local_s=60) == (
+            {"name": "Ada"},
+            True,
+        )
+        assert source.calls == 1
+        await cache.delete("customer:1")  # its own invalidation clears its memory at once
+        assert (await cache.get_or_set("customer:1", 60, source, local_s=60))[1] is False
+        assert source.calls == 2
