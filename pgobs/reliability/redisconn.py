@@ -29,9 +29,10 @@ def redis_settings(url: str | None, dsn: str) -> RedisSettings | None:
     if not url:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            f"--redis-url {url.split('://')[0]!r}... is not a Redis URL",
-            "write redis://host:6379/0 (rediss:// for TLS, unix:///path/redis.sock)",
+        scheme = url.split("://")[0] + "://" if "://" in url else "no scheme"
+        raise ConfigError(  # the rest of the URL is not shown: it may hold a password
+            f"--redis-url is not a Redis URL (it starts with {scheme})",
+            "write redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock",
         )
     info = conninfo_to_dict(dsn)
     where = f"{info.get('host') or 'local'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"

@@ -22,7 +22,7 @@ from pgobs.db.connect import connect
 from pgobs.db.notify import Doorbell
 from pgobs.listener.listener import Checkpoint, Listener, ListenerSettings
 from pgobs.reliability.redisconn import redis_settings
-from tests.support import Receiver, Worker, execute, scalar, wait_until
+from tests.support import Receiver, Worker, execute, run_pgobs, scalar, wait_until
 
 CONFIG = """
 observers:
@@ -299,3 +299,16 @@ def test_a_redis_claim_of_a_batch_that_never_committed_does_not_swallow_the_even
 
     anyio.run(drain)
     assert scalar(orders, jobs) == 0
+
+
+def test_a_redis_url_that_is_not_one_is_one_line_and_exit_1(orders: str, tmp_path: Path) -> None:
+    config = tmp_path / "observers.yaml"
+    config.write_text(CONFIG.format(window="5m", url="http://127.0.0.1:9"))
+    result = run_pgobs(
+        orders, "worker", "--config", str(config), "--redis-url", "http://127.0.0.1:6379"
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "pgobs: error: --redis-url is not a Redis URL (it starts with http://) (write "
+        "redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock)"
+    ]
