@@ -63,6 +63,14 @@ def start_worker(
     return worker
 
 
+def all_done(dsn: str, *, jobs: bool = True) -> None:
+    """Every event fanned out (the checkpoint passed the last) and, with ``jobs``, every job run."""
+    last = scalar(dsn, "SELECT max(id) FROM pgobs.events")
+    wait_until(lambda: scalar(dsn, "SELECT event_id FROM pgobs.checkpoints") == last, timeout=60)
+    if jobs:
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 0, timeout=60)
+
+
 def statuses(receiver: Receiver) -> list[str]:
     return [r.json()["status"] for r in receiver.to("/orders")]
 
@@ -72,20 +80,19 @@ def fires_once_then_again(dsn: str, receiver: Receiver) -> None:
     # The same change twice (an application retry), and a different one after it.
     for status in ("paid", "paid", "shipped"):
         execute(dsn, "UPDATE orders SET status = %s WHERE id = 1", (status,))
-    receiver.wait_for(3, "/orders")
+    receiver.wait_for(3, "/orders", timeout=60)
     # Every event was fanned out (the checkpoint passed the last), and still only three fired.
-    last = scalar(dsn, "SELECT max(id) FROM pgobs.events")
-    wait_until(lambda: scalar(dsn, "SELECT event_id FROM pgobs.checkpoints") == last)
-    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 0)
-    assert statuses(receiver) == ["new", "paid", "shipped"]
+    all_done(dsn)
+    assert sorted(statuses(receiver)) == ["new", "paid", "shipped"]
 
 
 def after_the_window_fires_again(dsn: str, receiver: Receiver, worker: Worker) -> None:
     execute(dsn, "UPDATE orders SET status = 'paid' WHERE id = 1")  # like the skipped one
-    receiver.wait_for(4, "/orders")
-    assert statuses(receiver) == ["new", "paid", "shipped", "paid"]
+    receiver.wait_for(4, "/orders", timeout=60)
+    assert sorted(statuses(receiver)) == ["new", "paid", "paid", "shipped"]
 
 
+@pytest.mark.timeout(180)  # a loaded machine: the waits inside are bounded
 def test_postgres_mode_fires_once_within_the_window_and_again_after(
     orders: str, tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -117,10 +124,8 @@ def test_the_idempotency_key_of_emit_is_the_fingerprint(
         execute(orders, emit, ('{"try": 1}', "order-2-paid"))
         # The four-argument emit still works, and without a key the data decides.
         execute(orders, "SELECT pgobs.emit('Order', 'paid', '3', '{\"try\": 9}')")
-        receiver.wait_for(3, "/paid")
-        last = scalar(orders, "SELECT max(id) FROM pgobs.events")
-        wait_until(lambda: scalar(orders, "SELECT event_id FROM pgobs.checkpoints") == last)
-        wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.jobs") == 0)
+        receiver.wait_for(3, "/paid", timeout=60)
+        all_done(orders)
         tries = sorted(r.json()["data"]["try"] for r in receiver.to("/paid"))
         assert tries == [1, 1, 9]
         assert scalar(orders, "SELECT idempotency_key FROM pgobs.events WHERE id = 2") == (
@@ -130,6 +135,7 @@ def test_the_idempotency_key_of_emit_is_the_fingerprint(
         worker.stop()
 
 
+@pytest.mark.timeout(180)  # a loaded machine: the waits inside are bounded
 def test_redis_mode_fires_once_within_the_window_and_again_after(
     orders: str, tmp_path: Path, receiver: Receiver, redis_url: str
 ) -> None:
@@ -203,6 +209,7 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+@pytest.mark.timeout(180)  # a loaded machine: the waits inside are bounded
 def test_redis_killed_mid_run_loses_nothing_and_postgres_dedups_on(
     orders: str,
     tmp_path: Path,
@@ -217,9 +224,8 @@ def test_redis_killed_mid_run_loses_nothing_and_postgres_dedups_on(
             execute(orders, "INSERT INTO orders VALUES (%s, 'new')", (i,))
             execute(orders, "UPDATE orders SET status = 'paid' WHERE id = %s", (i,))
             execute(orders, "UPDATE orders SET status = 'paid' WHERE id = %s", (i,))
-        receiver.wait_for(20, "/orders")
-        last = scalar(orders, "SELECT max(id) FROM pgobs.events")
-        wait_until(lambda: scalar(orders, "SELECT event_id FROM pgobs.checkpoints") == last)
+        receiver.wait_for(20, "/orders", timeout=60)
+        all_done(orders, jobs=False)
         assert scalar(orders, FINGERPRINTS) == 0  # Redis did the work
 
         proc.send_signal(signal.SIGKILL)
@@ -229,10 +235,8 @@ def test_redis_killed_mid_run_loses_nothing_and_postgres_dedups_on(
             execute(orders, "INSERT INTO orders VALUES (%s, 'new')", (i,))
             execute(orders, "UPDATE orders SET status = 'paid' WHERE id = %s", (i,))
             execute(orders, "UPDATE orders SET status = 'paid' WHERE id = %s", (i,))
-        receiver.wait_for(40, "/orders")
-        last = scalar(orders, "SELECT max(id) FROM pgobs.events")
-        wait_until(lambda: scalar(orders, "SELECT event_id FROM pgobs.checkpoints") == last)
-        wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.jobs") == 0)
+        receiver.wait_for(40, "/orders", timeout=60)
+        all_done(orders)
         sent = [(r.json()["id"], r.json()["status"]) for r in receiver.to("/orders")]
         assert sorted(sent) == sorted([(str(i), s) for i in range(1, 21) for s in ("new", "paid")])
         # Postgres took over: the outage's fingerprints are rows.

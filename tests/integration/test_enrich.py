@@ -106,6 +106,7 @@ def delivered(receiver: Receiver) -> dict[int, str]:
     return {int(r.json()["order"]): r.json()["customer"] for r in receiver.to("/orders")}
 
 
+@pytest.mark.timeout(180)  # a loaded machine: the waits inside are bounded
 def test_1000_events_for_10_customers_make_at_most_10_lookup_calls(
     orders: str, tmp_path: Path, receiver: Receiver, customers: CustomerService
 ) -> None:
@@ -121,6 +122,7 @@ def test_1000_events_for_10_customers_make_at_most_10_lookup_calls(
         worker.stop()
 
 
+@pytest.mark.timeout(180)  # a loaded machine: the waits inside are bounded
 def test_with_redis_the_cache_lives_in_redis(
     orders: str, tmp_path: Path, receiver: Receiver, customers: CustomerService, redis_url: str
 ) -> None:
@@ -150,7 +152,7 @@ def test_a_failing_lookup_makes_the_job_retry_never_run_without_the_data(
     worker = start(orders, tmp_path, HTTP_CONFIG.format(service=customers.url, url=receiver.url))
     try:
         execute(orders, "INSERT INTO orders VALUES (1, 7)")
-        receiver.wait_for(1, "/orders")
+        receiver.wait_for(1, "/orders", timeout=60)
         assert delivered(receiver) == {1: "customer 7"}
         assert customers.calls == ["/customers/7"] * 3
         wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.jobs") == 0)
@@ -212,7 +214,7 @@ def test_sql_lookup_reaches_templates_and_handlers_and_the_cache_action_invalida
     worker = start(orders, tmp_path, SQL_CONFIG.format(url=receiver.url))
     try:
         execute(orders, "INSERT INTO orders VALUES (1, 1)")
-        receiver.wait_for(1, "/orders")
+        receiver.wait_for(1, "/orders", timeout=60)
         assert scalar(
             orders, "SELECT value->>'name' FROM pgobs.cache WHERE key = 'customer:1'"
         ) == ("Ada")
@@ -221,7 +223,7 @@ def test_sql_lookup_reaches_templates_and_handlers_and_the_cache_action_invalida
             lambda: not scalar(orders, "SELECT count(*) FROM pgobs.cache WHERE key = 'customer:1'")
         )
         execute(orders, "INSERT INTO orders VALUES (2, 1), (3, 2)")
-        receiver.wait_for(3, "/orders")
+        receiver.wait_for(3, "/orders", timeout=60)
         assert delivered(receiver) == {1: "Ada", 2: "Ada L.", 3: "Grace"}
         # The handler saw event.enrich and kept a value of its own through pgobs.cache.
         wait_until(lambda: fetch(orders, "SELECT event_id, how FROM handled"))
