@@ -7,6 +7,8 @@ BEGIN;
 -- Set by the application through pgobs.emit(..., idempotency_key): two events with the same key
 -- are one for an observer that declares dedup, whatever their data.
 ALTER TABLE pgobs.events ADD COLUMN IF NOT EXISTS idempotency_key text;
+COMMENT ON COLUMN pgobs.events.idempotency_key IS
+    'given to pgobs.emit by the application; an observer''s dedup uses it as the fingerprint';
 
 -- A custom event with an idempotency key. An overload without defaults, so every existing call
 -- of the four-argument emit resolves as before; that one now writes through this one.

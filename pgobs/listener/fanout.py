@@ -85,6 +85,7 @@ class FanoutPlan:
     gates: Gates = field(default_factory=Gates)  # the dedup checks of this batch
     job_gates: list[int] = field(default_factory=list)  # each job's gate (1-based), 0: none
     matched: dict[str, int] = field(default_factory=dict)  # observer -> jobs made for it
+    events_matched: dict[str, int] = field(default_factory=dict)  # observer -> events it matched
     audit: dict[str, list[Any]] = field(
         default_factory=lambda: {name: [] for name in AUDIT_COLUMNS}
     )
@@ -150,4 +151,5 @@ def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
                     plan.refs.append(ref)
                     plan.job_gates.append(gate)
                 plan.matched[obs.name] = plan.matched.get(obs.name, 0) + len(refs[obs.name])
+                plan.events_matched[obs.name] = plan.events_matched.get(obs.name, 0) + 1
     return plan

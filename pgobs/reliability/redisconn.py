@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
-from pgobs.errors import ConfigError
+from pgobs.errors import BadOption
 
 DEFAULT_TIMEOUT_S = 0.25
 
@@ -30,7 +30,7 @@ def redis_settings(url: str | None, dsn: str) -> RedisSettings | None:
         return None
     if not url.startswith(("redis://", "rediss://", "unix://")):
         scheme = url.split("://")[0] + "://" if "://" in url else "no scheme"
-        raise ConfigError(  # the rest of the URL is not shown: it may hold a password
+        raise BadOption(  # the rest of the URL is not shown: it may hold a password
             f"--redis-url is not a Redis URL (it starts with {scheme})",
             "write redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock",
         )

@@ -305,13 +305,13 @@ def test_a_redis_claim_of_a_batch_that_never_committed_does_not_swallow_the_even
     assert scalar(orders, jobs) == 0
 
 
-def test_a_redis_url_that_is_not_one_is_one_line_and_exit_1(orders: str, tmp_path: Path) -> None:
+def test_a_redis_url_that_is_not_one_is_one_line_and_exit_2(orders: str, tmp_path: Path) -> None:
     config = tmp_path / "observers.yaml"
     config.write_text(CONFIG.format(window="5m", url="http://127.0.0.1:9"))
     result = run_pgobs(
         orders, "worker", "--config", str(config), "--redis-url", "http://127.0.0.1:6379"
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a configuration error (pgobs.errors)
     assert result.stderr.strip().splitlines() == [
         "pgobs: error: --redis-url is not a Redis URL (it starts with http://) (write "
         "redis://host:6379/0, rediss:// for TLS, or unix:///path/redis.sock)"
