@@ -39,7 +39,8 @@ from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
 from pgobs.reliability.cache import Cache
-from pgobs.reliability.lookups import Enricher, Lookup, LookupFailed
+from pgobs.reliability.lookups import Enricher, LookupFailed
+from pgobs.reliability.specs import Lookup
 from pgobs.templates import TemplateFailed
 
 log = logging.getLogger("pgobs.actions")

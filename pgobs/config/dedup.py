@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pgobs.config.fields import Fields
 from pgobs.config.templatecheck import checked_template
-from pgobs.reliability.dedup import DedupPolicy
+from pgobs.reliability.specs import DedupPolicy
 from pgobs.templates import Template, compile_error
 
 MAX_WINDOW_S = 30 * 86_400.0  # a fingerprint kept longer is a uniqueness constraint, not dedup

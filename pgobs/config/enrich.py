@@ -6,7 +6,7 @@ import re
 
 from pgobs.config.fields import Fields
 from pgobs.config.templatecheck import checked_template
-from pgobs.reliability.lookups import (
+from pgobs.reliability.specs import (
     SQL_PARAMETER,
     CacheRule,
     HttpLookup,

@@ -10,8 +10,7 @@ from pgobs.events import Event
 
 if TYPE_CHECKING:
     from pgobs.actions.specs import ActionSpec
-    from pgobs.reliability.dedup import DedupPolicy
-    from pgobs.reliability.lookups import Lookup
+    from pgobs.reliability.specs import DedupPolicy, Lookup
 
 BackoffStrategy = Literal["exponential", "linear", "fixed"]
 OnFailure = Literal["dlq", "log"]

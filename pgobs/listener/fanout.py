@@ -8,7 +8,8 @@ from typing import Any
 from pgobs.actions.specs import action_type
 from pgobs.config.model import Config, Observer
 from pgobs.events import DATA_ERROR_KEY, Event
-from pgobs.reliability.dedup import DedupPolicy, Gate, Gates, fingerprint
+from pgobs.reliability.dedup import Gate, Gates, fingerprint
+from pgobs.reliability.specs import DedupPolicy
 from pgobs.templates import TemplateFailed
 
 

@@ -34,7 +34,7 @@ from pgobs import jsoncodec
 from pgobs.events import Event
 from pgobs.observability import metrics
 from pgobs.reliability.redisconn import RedisSettings, redis_client
-from pgobs.templates import Template
+from pgobs.reliability.specs import DedupPolicy
 
 log = logging.getLogger("pgobs.dedup")
 
@@ -49,14 +49,6 @@ for i, key in ipairs(KEYS) do
 end
 return previous
 """
-
-
-@dataclass(frozen=True, slots=True)
-class DedupPolicy:
-    """An observer's ``dedup:``: fire once per fingerprint within ``window_s``."""
-
-    window_s: float
-    key: Template | None = None  # None: the idempotency key, else a hash of the change
 
 
 def fingerprint(observer: str, policy: DedupPolicy, event: Event) -> str:

@@ -6,9 +6,7 @@ missing value.
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,38 +19,7 @@ from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
 from pgobs.reliability.cache import Cache
-from pgobs.templates import Template
-
-# %(name)s placeholders of a SQL lookup: each is the event's data field of that name, or an
-# envelope field (entity_id, event_type, tenant, ...).
-SQL_PARAMETER = re.compile(r"%\((\w+)\)s")
-
-
-@dataclass(frozen=True, slots=True)
-class HttpLookup:
-    url: Template
-    headers: tuple[tuple[str, Template], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SqlLookup:
-    sql: str
-    parameters: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CacheRule:
-    key: Template
-    ttl_s: float
-    local_ttl_s: float = 1.0  # how long a worker process keeps a value it read in memory
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    name: str
-    source: HttpLookup | SqlLookup
-    cache: CacheRule | None
-    timeout_s: float
+from pgobs.reliability.specs import HttpLookup, Lookup, SqlLookup
 
 
 class LookupFailed(Exception):

@@ -6,8 +6,8 @@ import pytest
 
 from pgobs.config.loader import parse_config
 from pgobs.events import Event
-from pgobs.reliability.dedup import DedupPolicy, fingerprint
-from pgobs.reliability.lookups import HttpLookup, SqlLookup
+from pgobs.reliability.dedup import fingerprint
+from pgobs.reliability.specs import DedupPolicy, HttpLookup, SqlLookup
 from pgobs.templates import Template
 
 GOOD = """
