@@ -88,7 +88,7 @@ def test_dedup_and_enrich_mistakes_are_each_one_line_with_place_and_hint(tmp_pat
     file = tmp_path / "observers.yaml"
     file.write_text(PROTECTION)
     result = run_pgobs(None, "validate-config", str(file), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 4  # validation failed (pgobs.errors)
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == f"{file}: 4 error(s)"
     expected = [
