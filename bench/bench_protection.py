@@ -28,6 +28,7 @@ from pgobs_bench import fresh_db, workers  # noqa: E402
 from pgobs.config.loader import parse_config  # noqa: E402
 from pgobs.db.connect import connect, open_pool  # noqa: E402
 from pgobs.db.notify import Doorbell  # noqa: E402
+from pgobs.db.sqlfiles import query  # noqa: E402
 from pgobs.listener.listener import Checkpoint, Listener, ListenerSettings  # noqa: E402
 from pgobs.reliability.cache import Cache, PostgresCache, RedisCache  # noqa: E402
 from pgobs.reliability.redisconn import redis_settings  # noqa: E402
@@ -77,6 +78,7 @@ def bench_fanout(admin_dsn: str, events: int, mode: str, redis_url: str | None) 
 
         async def run() -> tuple[float, int, int]:
             conn = await connect(dsn, autocommit=True)
+            await conn.execute(query("listener_session_settings"))  # as the leader's session
             counting = CountingConnection(conn)
             checkpoint = Checkpoint()
             batches = 0
