@@ -16,7 +16,7 @@ import anyio
 
 from pgobs.config.model import Config
 from pgobs.db.migrate import ensure_migrated
-from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
+from pgobs.db.notify import CIRCUITS_CHANNEL, EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
 from pgobs.listener.thread import ListenerThread
 from pgobs.observability.loopwatch import LoopWatch
@@ -36,9 +36,17 @@ class ProcessSettings:
 
 async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> None:
     await ensure_migrated(dsn)
-    notifier = Notifier(dsn, (EVENTS_CHANNEL, JOBS_CHANNEL), cross_thread=(EVENTS_CHANNEL,))
+    notifier = Notifier(
+        dsn, (EVENTS_CHANNEL, JOBS_CHANNEL, CIRCUITS_CHANNEL), cross_thread=(EVENTS_CHANNEL,)
+    )
     pool = (
-        WorkerPool(dsn, config, notifier.doorbells[JOBS_CHANNEL], settings.worker)
+        WorkerPool(
+            dsn,
+            config,
+            notifier.doorbells[JOBS_CHANNEL],
+            settings.worker,
+            circuits_bell=notifier.doorbells[CIRCUITS_CHANNEL],
+        )
         if (settings.role in ("worker", "all"))
         else None
     )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pgobs.config.circuit import CircuitPolicy
 from pgobs.events import Event
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Observer:
     priority: int = 0
     max_concurrency: int | None = None  # runners of one worker it may fill; None: the default
     line: int = 0
+    circuits: tuple[CircuitPolicy, ...] = ()  # each action's breaker settings, as ``actions``
 
     def action(self, name: str) -> ActionSpec | None:
         """The action called ``name``; ``#n`` is the n-th (jobs written before actions had
