@@ -525,7 +525,8 @@ SELECT pg_advisory_unlock_all()
 -- least min_requests calls were made and at least threshold of them failed; its probe time is
 -- open_s away. Rows are locked in target order, so concurrent reports never deadlock. A report
 -- for an open or half-open circuit adds nothing: those calls began before it opened. `tripped`
--- says this report opened it. Circuits met for the first time are created, closed.
+-- says this report opened it (and NOTIFYs the fleet). Circuits met for the first time are
+-- created, closed.
 WITH r AS MATERIALIZED (
     SELECT * FROM unnest(%(targets)s::text[], %(requests)s::int[], %(failures)s::int[],
                          %(thresholds)s::float8[], %(min_requests)s::int[],
@@ -589,6 +590,10 @@ WITH r AS MATERIALIZED (
     WHERE NOT EXISTS (SELECT FROM pgobs.circuits AS c WHERE c.target = t.target)
     ORDER BY t.target
     ON CONFLICT (target) DO NOTHING
+), notified AS (
+    -- The other workers learn of an opening at once (delivered on commit), with no round trip
+    -- of its own; the outer query reads this CTE so that it runs.
+    SELECT pg_notify('pgobs_circuits', '') FROM updated WHERE trips LIMIT 1
 )
 SELECT s.target, s.state,
        CASE WHEN e.age < 1 THEN s.requests + s.prev_requests * (1 - e.age)
@@ -613,6 +618,7 @@ FROM (
 ) AS s
 CROSS JOIN LATERAL (
     SELECT extract(epoch FROM now() - s.bucket_start)::float8 / s.window_s AS age) AS e
+WHERE (SELECT count(*) FROM notified) >= 0
 
 -- name: circuit_take_probe
 -- The one probe of the whole fleet: granted to the first worker that asks once the probe time
@@ -680,3 +686,11 @@ SET state = 'closed', requests = 0, failures = 0, prev_requests = 0, prev_failur
     probe_by = NULL, probe_until = NULL, failed_probes = 0, updated_at = now()
 WHERE target = %(target)s
 RETURNING target
+
+-- name: circuit_release_deferred
+-- A circuit was reset by hand: the jobs of its actions that wait (for its old probe time, or a
+-- retry's backoff) are due now. Run by each worker that learns of the reset, for its actions.
+UPDATE pgobs.jobs SET run_at = now()
+WHERE state = 'scheduled' AND run_at > now()
+  AND observer || '/' || coalesce(action, '#' || action_index) = ANY(%(keys)s::text[])
+RETURNING id

@@ -12,6 +12,7 @@ import psycopg
 from cyclopts import App, Parameter
 
 from pgobs import __version__
+from pgobs.cli.circuits import app as circuits_app
 from pgobs.cli.dlq import app as dlq_app
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.config.loader import load_config, parse_config_file
@@ -32,6 +33,7 @@ app = App(
 )
 
 app.command(dlq_app)
+app.command(circuits_app)
 
 
 @app.command

@@ -113,6 +113,12 @@ class CircuitStore:
             )
             return await cur.fetchone()
 
+    async def release_deferred(self, keys: list[str]) -> int:
+        """Make the waiting jobs of these ``observer/action`` keys due now; how many."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("circuit_release_deferred"), {"keys": keys})
+            return len(await cur.fetchall())
+
     async def notify(self) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(query("circuits_notify"))

@@ -59,6 +59,7 @@ class Circuit:
     key: str
     policy: CircuitPolicy
     state: str = CLOSED
+    fleet_state: str = CLOSED  # as last read from pgobs.circuits
     fleet_requests: float = 0.0  # the window's calls and failures at the last sync, fleet-wide
     fleet_failures: float = 0.0
     requests: int = 0  # calls here since the last report
@@ -70,6 +71,7 @@ class Circuit:
     asking: bool = False  # a runner here asks for the probe
     probing: int | None = None  # the job probing for the fleet, when it is this worker's
     tripped_in: int = -1  # the sync round during which this worker opened it on its own counts
+    action_keys: tuple[str, ...] = ()  # ``observer/action`` of the actions that use it
     gauge: Gauge | None = field(default=None, repr=False)
 
     def tripped(self) -> bool:
@@ -107,6 +109,7 @@ class CircuitBoard:
                 circuit = self.circuits.setdefault(key, Circuit(key, policy))
                 self._by_action[(obs.name, name)] = circuit
                 self._by_action[(obs.name, f"#{i}")] = circuit
+                circuit.action_keys += (f"{obs.name}/{name}", f"{obs.name}/#{i}")
         for circuit in self.circuits.values():
             circuit.gauge = metrics.circuit_state.labels(circuit.key)
             circuit.gauge.set(0)
@@ -114,6 +117,7 @@ class CircuitBoard:
         self._round = 0
         self._probes: list[tuple[Circuit, Failure | None]] = []  # results not reported yet
         self._notify = False  # this worker changed a circuit: tell the others
+        self._released: list[Circuit] = []  # reset by hand: their waiting jobs are due now
 
     def of(self, job: CircuitJob) -> Circuit | None:
         return self._by_action.get((job.observer, job.action))
@@ -268,6 +272,10 @@ class CircuitBoard:
             if self._notify:
                 self._notify = False
                 await self.store.notify()
+            released, self._released = self._released, []
+            for c in released:
+                count = await self.store.release_deferred(list(c.action_keys))
+                log.info("circuit %s was reset: %d waiting job(s) are due now", c.key, count)
         except psycopg.Error as exc:
             log.warning("syncing circuits failed (%s)", exc)
 
@@ -285,6 +293,7 @@ class CircuitBoard:
                 continue  # reset meanwhile, or the grant had lapsed: the fleet moved on
             metrics.circuit_transitions.labels(c.key, result.state).inc()
             self._notify = True
+            c.fleet_state = result.state
             c.open_s = result.open_s
             if result.state == OPEN:
                 c.wait_until = anyio.current_time() + result.wait_s
@@ -296,9 +305,11 @@ class CircuitBoard:
         if c is None:
             return
         c.fleet_requests, c.fleet_failures = row.requests, row.failures
+        was, c.fleet_state = c.fleet_state, row.state
+        if row.state == CLOSED and was != CLOSED and row.open_s == 0:
+            self._released.append(c)  # closed by hand, not by a probe
         if row.tripped:
-            metrics.circuit_transitions.labels(c.key, OPEN).inc()
-            self._notify = True
+            metrics.circuit_transitions.labels(c.key, OPEN).inc()  # the statement NOTIFYed
         if c.probing is not None and not row.ours:
             c.probing = None  # reset, or its grant lapsed and went to another worker
         if c.probing is not None or any(p is c for p, _ in self._probes):
@@ -311,10 +322,23 @@ class CircuitBoard:
             c.wait_until = now + row.wait_s
         elif row.state == HALF_OPEN:
             c.wait_until = now + min(row.wait_s, c.recheck_s())
-        why = self._why_open(c) if row.state == OPEN else "seen from the fleet"
-        self._move(c, row.state, why)
+        self._move(c, row.state, self._seen(c, row))
 
     # -- transitions --------------------------------------------------------------------------
+
+    def _seen(self, c: Circuit, row: CircuitRow) -> str:
+        """Why the fleet's circuit moved, as this worker learns it."""
+        if row.state == OPEN and row.tripped:
+            return self._why_open(c)
+        if row.state == OPEN and c.state == HALF_OPEN:
+            return f"the fleet's probe failed; the next one in {row.wait_s:.1f}s"
+        if row.state == OPEN:
+            return f"opened by the fleet; its jobs wait {row.wait_s:.1f}s for a probe"
+        if row.state == HALF_OPEN:
+            return "another worker probes it"
+        if row.open_s == 0:
+            return "reset by hand (pgobs circuits reset)"
+        return "the fleet's probe succeeded"
 
     def _why_open(self, c: Circuit) -> str:
         requests = c.fleet_requests + c.sending[0] + c.requests

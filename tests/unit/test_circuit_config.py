@@ -12,7 +12,8 @@ from pgobs.config.loader import parse_config
 
 CONFIG = """
 defaults:
-  circuit: {failure_threshold: 0.25, min_requests: 4, window: 10s, open_for: 500ms, max_open_for: 1m}
+  circuit:
+    {failure_threshold: 0.25, min_requests: 4, window: 10s, open_for: 500ms, max_open_for: 1m}
 observers:
   - name: obs-a
     entity: Order
@@ -107,7 +108,7 @@ observers:
         ("{failure_threshold: 2}", "failure rate above 0 and at most 1, got 2", "e.g."),
         ("{failure_threshold: '50%'}", "failure rate above 0 and at most 1", "e.g."),
         ("{min_requests: 0}", "'min_requests' must be between 1 and 1000000", None),
-        ("{open_for: 5m, max_open_for: 1m}", "max_open_for (60s) is shorter than open_for", "raise"),
+        ("{open_for: 5m, max_open_for: 1m}", "max_open_for (60s) is shorter", "raise"),
         ("{enabled: maybe}", "'enabled' must be true or false", None),
         ("{key: '  '}", "circuit 'key' must not be blank", "key: partner-api"),
         ("30s", "circuit must be a mapping", "key: value"),
