@@ -3,6 +3,7 @@ comes back, and another observer's endpoint that must not notice."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -13,9 +14,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import args_row
 
+from pgobs.db.sqlfiles import query
+from pgobs.queue.circuit_store import CircuitRow, CircuitStatus, ProbeResult
 from tests.support import (
     Receiver,
     Worker,
@@ -284,3 +290,132 @@ def test_resetting_an_unknown_circuit_is_one_line_with_a_hint(db: str) -> None:
     ]
     empty = run_pgobs(db, "circuits", "list", "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
+
+
+# -- the statements behind it, against the real database -------------------------------------
+
+
+def sync(dsn: str, worker: str, reports: list[tuple[str, int, int]]) -> dict[str, CircuitRow]:
+    """One worker's report (target, calls, failures) with min_requests 4, threshold 0.5, a 60 s
+    window and 30 s open; returns the circuits as that worker reads them back."""
+    params = {
+        "worker": worker,
+        "known": ["t1", "t2"],
+        "targets": [r[0] for r in reports],
+        "requests": [r[1] for r in reports],
+        "failures": [r[2] for r in reports],
+        "errors": ["boom" if r[2] else None for r in reports],
+        "thresholds": [0.5] * len(reports),
+        "min_requests": [4] * len(reports),
+        "window_s": [60.0] * len(reports),
+        "open_s": [30.0] * len(reports),
+    }
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.cursor(row_factory=args_row(CircuitRow))
+        return {row.target: row for row in cur.execute(query("circuit_sync"), params)}
+
+
+def test_reports_add_up_across_workers_and_open_at_the_threshold(dsn: str) -> None:
+    first = sync(dsn, "w1", [])  # creates the rows
+    assert {t: (r.state, r.requests) for t, r in first.items()} == {}
+    seen = sync(dsn, "w1", [("t1", 2, 1), ("t2", 1, 0)])
+    assert (seen["t1"].state, seen["t1"].requests, seen["t1"].failures) == ("closed", 2, 1)
+    # A second worker's calls count with the first's: 3 of 4 failed, at least min_requests.
+    seen = sync(dsn, "w2", [("t1", 2, 2)])
+    assert seen["t1"].state == "open" and seen["t1"].tripped
+    assert 29 < seen["t1"].wait_s <= 30
+    assert seen["t2"].state == "closed" and not seen["t2"].tripped
+    # Calls reported while it is open began before it opened: they change nothing.
+    seen = sync(dsn, "w3", [("t1", 5, 0)])
+    assert seen["t1"].state == "open" and not seen["t1"].tripped
+    assert seen["t1"].requests == 4
+    # Successes keep a circuit closed: 2 failures of 6 calls is under the threshold.
+    seen = sync(dsn, "w1", [("t2", 5, 2)])
+    assert seen["t2"].state == "closed"
+    assert scalar(dsn, "SELECT last_error FROM pgobs.circuits WHERE target = 't2'") == "boom"
+
+
+def test_the_whole_fleet_gets_one_probe(dsn: str) -> None:
+    execute(
+        dsn,
+        "INSERT INTO pgobs.circuits (target, state, open_s, probe_at) "
+        "VALUES ('t', 'open', 1, now() - interval '1 second')",
+    )
+    granted: list[str] = []
+
+    def ask(worker: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            params = {"target": "t", "worker": worker, "lease_s": 30}
+            if conn.execute(query("circuit_take_probe"), params).fetchone() is not None:
+                granted.append(worker)
+
+    threads = [threading.Thread(target=ask, args=(f"w{i}",)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 1
+    (prober,) = granted
+
+    def done(worker: str, ok: bool) -> tuple[Any, ...] | None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            params = {
+                "target": "t",
+                "worker": worker,
+                "ok": ok,
+                "error": None if ok else "down",
+                "success_threshold": 1,
+                "max_open_s": 3.0,
+            }
+            return conn.execute(query("circuit_probe_done"), params).fetchone()
+
+    assert done("someone-else", True) is None  # only the prober reports
+    state, open_s, wait_s = done(prober, False) or ()
+    assert (state, open_s) == ("open", 2)  # twice as long...
+    assert 1.5 < wait_s <= 2
+    execute(dsn, "UPDATE pgobs.circuits SET probe_at = now() WHERE target = 't'")
+    ask("w-next")
+    state, open_s, _ = done("w-next", False) or ()
+    assert (state, open_s) == ("open", 3)  # ...up to max_open_for
+    execute(dsn, "UPDATE pgobs.circuits SET probe_at = now() WHERE target = 't'")
+    ask("w-last")
+    assert (done("w-last", True) or ())[0] == "closed"
+
+
+def test_operator_rows_map_to_objects_by_the_columns_names(dsn: str) -> None:
+    for name, params, row in (
+        ("circuits_list", None, CircuitStatus),
+        (
+            "circuit_sync",
+            {
+                "worker": "w",
+                "known": [],
+                "targets": [],
+                "requests": [],
+                "failures": [],
+                "errors": [],
+                "thresholds": [],
+                "min_requests": [],
+                "window_s": [],
+                "open_s": [],
+            },
+            CircuitRow,
+        ),
+        (
+            "circuit_probe_done",
+            {
+                "target": "t",
+                "worker": "w",
+                "ok": True,
+                "error": None,
+                "success_threshold": 1,
+                "max_open_s": 1.0,
+            },
+            ProbeResult,
+        ),
+    ):
+        with psycopg.connect(dsn) as conn:
+            cur = conn.execute(query(name), params)
+            columns = [c.name for c in cur.description or []]
+            conn.rollback()
+        assert columns == [f.name for f in dataclasses.fields(row)], name
