@@ -9,6 +9,7 @@ from cyclopts import App, Parameter
 
 from pgobs import jsoncodec
 from pgobs.cli.session import Dsn, with_connection
+from pgobs.errors import PgobsError
 
 if TYPE_CHECKING:
     from pgobs.queue.circuit_store import CircuitStatus
@@ -53,7 +54,15 @@ def reset(
     dsn: Dsn = None,
 ) -> None:
     """Close TARGET's circuit now: its jobs run again at once, on every worker."""
+    import psycopg
+
     from pgobs.queue.circuit_store import reset_circuit
 
-    with_connection(dsn, lambda conn: reset_circuit(conn, target))
+    try:
+        with_connection(dsn, lambda conn: reset_circuit(conn, target))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PgobsError(
+            "this role may read pgobs.circuits but not change it",
+            "run it as a role granted pgobs_worker, or as the schema's owner",
+        ) from exc
     print(f"circuit {target} is closed: the workers run its waiting jobs now")

@@ -148,7 +148,7 @@ class CircuitBoard:
         if was is None:
             # Another worker probes (or the probe time moved): wait for the sync to tell.
             if c.state == OPEN:
-                self._move(c, HALF_OPEN, "another worker probes it")
+                self._move(c, HALF_OPEN, "the probe is another worker's (or not due yet)")
             c.wait_until = now + c.recheck_s()
             self._bell.ring()
             return False
@@ -174,6 +174,7 @@ class CircuitBoard:
             self._probes.append((c, failure if transient else None))
             self._bell.ring()
             if not transient:
+                c.wait_until = anyio.current_time()  # the next probe may go at once
                 if c.policy.success_threshold == 1:
                     self._move(c, CLOSED, "the probe succeeded")
                 return None
