@@ -688,8 +688,9 @@ WHERE target = %(target)s
 RETURNING target
 
 -- name: circuit_release_deferred
--- A circuit was reset by hand: the jobs of its actions that wait (for its old probe time, or a
--- retry's backoff) are due now. Run by each worker that learns of the reset, for its actions.
+-- A circuit closed: the jobs of its actions that wait (for a later probe time, or a retry's
+-- backoff) are due now. Run by the worker whose probe closed it, and by each worker that learns
+-- of a reset by hand, for the actions it knows.
 UPDATE pgobs.jobs SET run_at = now()
 WHERE state = 'scheduled' AND run_at > now()
   AND observer || '/' || coalesce(action, '#' || action_index) = ANY(%(keys)s::text[])

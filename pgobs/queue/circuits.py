@@ -41,6 +41,11 @@ SYNC_S = 1.0  # reports and reads at least this often
 URGENT_GAP_S = 0.02  # after a failure, at most this long before reporting it
 PROBE_MARGIN_S = 5.0  # a probe's grant outlives its action's timeout by this much
 RECHECK_MAX_S = 1.0  # while the fleet probes, jobs are deferred by about this much at most
+# Jobs per worker and probe time that come back at the probe time (one of the fleet's probes);
+# the others wait for the circuit to close, which makes them due (or for max_open_for more), so
+# a backlog does not come due at every probe time only to be deferred again ahead of the jobs
+# of other targets.
+PROBE_CANDIDATES = 2
 
 
 class CircuitJob(Protocol):
@@ -72,6 +77,8 @@ class Circuit:
     probing: int | None = None  # the job probing for the fleet, when it is this worker's
     tripped_in: int = -1  # the sync round during which this worker opened it on its own counts
     action_keys: tuple[str, ...] = ()  # ``observer/action`` of the actions that use it
+    candidates: int = 0  # jobs sent back for the probe time ``candidates_for``
+    candidates_for: float = 0.0
     gauge: Gauge | None = field(default=None, repr=False)
 
     def tripped(self) -> bool:
@@ -117,7 +124,7 @@ class CircuitBoard:
         self._round = 0
         self._probes: list[tuple[Circuit, Failure | None]] = []  # results not reported yet
         self._notify = False  # this worker changed a circuit: tell the others
-        self._released: list[Circuit] = []  # reset by hand: their waiting jobs are due now
+        self._released: list[Circuit] = []  # closed: their waiting jobs are due now
 
     def of(self, job: CircuitJob) -> Circuit | None:
         return self._by_action.get((job.observer, job.action))
@@ -128,7 +135,13 @@ class CircuitBoard:
         """For a circuit that is not closed: defer the job by this many seconds, or probe."""
         now = anyio.current_time()
         if c.state == OPEN and c.wait_until > now:
-            return c.wait_until - now + random.uniform(0, c.spread_s())
+            wait_s = c.wait_until - now + random.uniform(0, c.spread_s())
+            if c.candidates_for != c.wait_until:
+                c.candidates_for, c.candidates = c.wait_until, 0
+            if c.candidates < PROBE_CANDIDATES:
+                c.candidates += 1
+                return wait_s
+            return wait_s + c.policy.max_open_for_s
         if c.asking or c.probing is not None or (c.state == HALF_OPEN and c.wait_until > now):
             return c.recheck_s()
         return PROBE
@@ -168,6 +181,9 @@ class CircuitBoard:
     def record(self, c: Circuit, job: CircuitJob, failure: Failure | None) -> float | None:
         """Count a call's outcome; returns how long to defer its job (it failed while the
         circuit is open: its retry would only be deferred), or None for the usual outcome."""
+        if failure is None and c.probing is None and c.state == CLOSED:
+            c.requests += 1  # the hot path: one call that went well
+            return None
         transient = failure is not None and failure.kind == "transient"
         if c.probing == job.id:
             c.probing = None
@@ -276,7 +292,7 @@ class CircuitBoard:
             released, self._released = self._released, []
             for c in released:
                 count = await self.store.release_deferred(list(c.action_keys))
-                log.info("circuit %s was reset: %d waiting job(s) are due now", c.key, count)
+                log.info("circuit %s closed: %d waiting job(s) are due now", c.key, count)
         except psycopg.Error as exc:
             log.warning("syncing circuits failed (%s)", exc)
 
@@ -295,6 +311,8 @@ class CircuitBoard:
             metrics.circuit_transitions.labels(c.key, result.state).inc()
             self._notify = True
             c.fleet_state = result.state
+            if result.state == CLOSED:
+                self._released.append(c)  # the jobs that wait for the close
             c.open_s = result.open_s
             if result.state == OPEN:
                 c.wait_until = anyio.current_time() + result.wait_s
