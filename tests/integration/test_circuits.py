@@ -377,9 +377,32 @@ def test_the_whole_fleet_gets_one_probe(dsn: str) -> None:
     ask("w-next")
     state, open_s, _ = done("w-next", False) or ()
     assert (state, open_s) == ("open", 3)  # ...up to max_open_for
+    # A prober that died: its grant lapses, and then (only then) another worker probes.
     execute(dsn, "UPDATE pgobs.circuits SET probe_at = now() WHERE target = 't'")
+    ask("w-dies")
     ask("w-last")
+    assert granted[-1] == "w-dies"
+    execute(dsn, "UPDATE pgobs.circuits SET probe_until = now() WHERE target = 't'")
+    ask("w-last")
+    assert granted[-1] == "w-last"
+    assert done("w-dies", True) is None  # too late: the grant is another's
     assert (done("w-last", True) or ())[0] == "closed"
+
+
+def test_the_window_slides(dsn: str) -> None:
+    """Calls older than the window stop counting; the bucket before the current one counts for
+    the part of it still inside the window."""
+    sync(dsn, "w1", [("t1", 3, 1)])
+    # The current bucket began one and a half windows ago: it is now the bucket before, half
+    # inside the window.
+    execute(dsn, "UPDATE pgobs.circuits SET bucket_start = now() - interval '90 seconds'")
+    seen = sync(dsn, "w1", [("t1", 1, 1)])
+    assert seen["t1"].requests == pytest.approx(1 + 3 * 0.5, abs=0.01)
+    assert seen["t1"].failures == pytest.approx(1 + 1 * 0.5, abs=0.01)
+    assert seen["t1"].state == "closed"  # 2.5 calls: under min_requests
+    execute(dsn, "UPDATE pgobs.circuits SET bucket_start = now() - interval '2 minutes'")
+    seen = sync(dsn, "w1", [])
+    assert (seen["t1"].requests, seen["t1"].failures) == (0, 0)  # all of it is out
 
 
 def test_operator_rows_map_to_objects_by_the_columns_names(dsn: str) -> None:
