@@ -175,14 +175,17 @@ def test_an_outage_is_held_off_fleet_wide_and_nothing_is_dead_lettered(
     failed_before = {event_of(r.headers) for r in while_down}
     assert failed_before <= delivered
     assert len({event_of(r.headers) for r in calls}) == inserted
-    # The first call after the recovery came within one open_for interval (the longest one).
+    # The first call after the recovery came within one open_for interval (the longest one),
+    # plus the probe candidates' spread (up to half a second) and a second for claiming on a
+    # loaded machine.
     first_back = min(r.at for r in calls if r.at >= up_at)
-    assert first_back - up_at <= MAX_OPEN_FOR_S + 1.0, first_back - up_at
-    # The steady endpoint delivered throughout the outage: no gap longer than a second.
+    assert first_back - up_at <= MAX_OPEN_FOR_S + 1.5, first_back - up_at
+    # The steady endpoint delivered throughout the outage, at the rate events came: never held
+    # up for a probe interval (an observer stuck behind the flaky one would be, or longer).
     steady_times = sorted(r.at for r in steady.to("/hook") if down_at <= r.at < up_at)
     assert len(steady_times) >= DOWN_S * RATE * 0.8
     gaps = [b - a for a, b in itertools.pairwise(steady_times)]
-    assert max(gaps) < 1.0, max(gaps)
+    assert max(gaps) < MAX_OPEN_FOR_S, max(gaps)
     # The fleet's state is in pgobs.circuits, and pgobs circuits list shows it.
     rows = fetch(db, "SELECT target, state FROM pgobs.circuits ORDER BY target")
     assert rows == sorted([(target, "closed"), (steady.url, "closed")])
