@@ -32,5 +32,33 @@ ALTER TABLE pgobs.circuits SET (
     autovacuum_vacuum_cost_delay = 0
 );
 
+COMMENT ON TABLE pgobs.circuits IS
+    'circuit breaker state per target, shared by every worker (pgobs circuits list|reset)';
+COMMENT ON COLUMN pgobs.circuits.target IS
+    'what the breaker guards: a URL origin, smtp://host:port, sql:function, python:handler, or '
+    'an action''s circuit.key';
+COMMENT ON COLUMN pgobs.circuits.state IS
+    'closed (calls go through), open (jobs wait for probe_at without spending attempts) or '
+    'half_open (one worker of the fleet probes)';
+COMMENT ON COLUMN pgobs.circuits.requests IS 'calls reported in the current bucket (closed only)';
+COMMENT ON COLUMN pgobs.circuits.failures IS
+    'transient failures among them (timeouts, network errors, 408/425/429/5xx, a handler that raised)';
+COMMENT ON COLUMN pgobs.circuits.prev_requests IS
+    'calls of the bucket before; they count for the part of it still inside the window';
+COMMENT ON COLUMN pgobs.circuits.prev_failures IS 'failures of the bucket before';
+COMMENT ON COLUMN pgobs.circuits.bucket_start IS 'when the current bucket began';
+COMMENT ON COLUMN pgobs.circuits.window_s IS 'the window the failure rate is judged over, seconds';
+COMMENT ON COLUMN pgobs.circuits.successes IS 'good probes in a row while half_open';
+COMMENT ON COLUMN pgobs.circuits.opened_at IS 'when the circuit last opened (the outage began)';
+COMMENT ON COLUMN pgobs.circuits.open_s IS
+    'how long it stays open before a probe, seconds; doubled by each failed probe; 0 after a reset';
+COMMENT ON COLUMN pgobs.circuits.probe_at IS 'open: when one worker may probe';
+COMMENT ON COLUMN pgobs.circuits.probe_by IS 'half_open: the worker granted the probe';
+COMMENT ON COLUMN pgobs.circuits.probe_until IS
+    'half_open: when the grant lapses (its worker died) and another worker may probe';
+COMMENT ON COLUMN pgobs.circuits.failed_probes IS 'probes that failed since it last opened';
+COMMENT ON COLUMN pgobs.circuits.last_error IS 'the last transient failure reported';
+COMMENT ON COLUMN pgobs.circuits.updated_at IS 'when a worker last changed the row';
+
 INSERT INTO pgobs.schema_migrations (version) VALUES ('0009');
 COMMIT;

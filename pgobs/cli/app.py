@@ -14,6 +14,8 @@ from cyclopts import App, Parameter
 from pgobs import __version__
 from pgobs.cli.circuits import app as circuits_app
 from pgobs.cli.dlq import app as dlq_app
+from pgobs.cli.maintenance import app as maintenance_app
+from pgobs.cli.metrics import app as metrics_app
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.config.loader import load_config, parse_config_file
 from pgobs.db.connect import Connection, resolve_dsn
@@ -33,6 +35,8 @@ app = App(
 )
 
 app.command(dlq_app)
+app.command(maintenance_app)
+app.command(metrics_app)
 app.command(circuits_app)
 
 
