@@ -194,7 +194,10 @@ class Runners:
             self._busy[job.observer] -= 1
             self._busy_targets[target] -= 1
         slot.stopped = None  # finished after all (it swallowed the cancel)
-        self.completer.finish(job, failure, defer_s=self._record(job, failure))
+        defer_s = None
+        if board is not None and circuit is not None:
+            defer_s = board.record(circuit, job, failure)  # found once, before the run
+        self.completer.finish(job, failure, defer_s=defer_s)
 
     def _record(self, job: Job, failure: Failure | None) -> float | None:
         """Count the call for its circuit; how long to defer it when the circuit is open."""
