@@ -244,10 +244,12 @@ observers:
         calls = len(receiver.to("/hook"))
         assert calls <= 3 + 3  # each of the three, and perhaps its one retry before it opened
         execute(db, "INSERT INTO orders (note) SELECT 'y' FROM generate_series(1, 5)")
-        wait_until(
-            lambda: scalar(db, "SELECT count(*) FROM pgobs.jobs WHERE state = 'scheduled'") == 8,
-            timeout=30,
+        # All eight wait for the probe time (a retry's backoff of 100 ms is not that).
+        waiting = (
+            "SELECT count(*) FROM pgobs.jobs "
+            "WHERE state = 'scheduled' AND run_at > now() + interval '9 minutes'"
         )
+        wait_until(lambda: scalar(db, waiting) == 8, timeout=30)
         assert len(receiver.to("/hook")) == calls  # no call while open
         # The five that never ran spent nothing; all eight wait for the probe time, not the DLQ.
         rows = fetch(
