@@ -28,7 +28,7 @@ def test_bad_circuit_settings_are_reported_with_file_line_and_hint(tmp_path: Pat
     file = tmp_path / "observers.yaml"
     file.write_text(CONFIG)
     result = run_pgobs(None, "validate-config", str(file), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 4  # validation failed
     lines = result.stderr.strip().splitlines()
     expected = [
         (2, "'open_for' must be a duration, got '30 seconds'", "500ms, 30s, 5m, 1h, 2d"),

@@ -53,7 +53,7 @@ def test_validation_reads_handlers_without_importing_them(tmp_path: Path) -> Non
 def test_a_missing_handler_is_one_line_with_its_place_and_a_hint(tmp_path: Path) -> None:
     file, marker = setup(tmp_path, "on_cancel")
     result = run_pgobs(None, "validate-config", str(file), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert not marker.exists()
     first, summary = result.stderr.strip().splitlines()
     assert first.startswith(f"{file}:8: error: ")

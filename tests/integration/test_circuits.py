@@ -288,7 +288,7 @@ observers:
 
 def test_resetting_an_unknown_circuit_is_one_line_with_a_hint(db: str) -> None:
     result = run_pgobs(db, "circuits", "reset", "https://nowhere.example:443")
-    assert result.returncode == 1
+    assert result.returncode == 5  # not found
     assert result.stderr.strip().splitlines() == [
         "pgobs: error: there is no circuit 'https://nowhere.example:443' "
         "(pgobs circuits list shows them, e.g. https://api.example.com:443)"
