@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pgobs.config.circuit import CircuitPolicy
 from pgobs.events import Event
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Observer:
     line: int = 0
     dedup: DedupPolicy | None = None  # fire once per fingerprint within a window
     enrich: tuple[Lookup, ...] = ()  # lookups run before the actions, as ``enrich.<name>``
+    circuits: tuple[CircuitPolicy, ...] = ()  # each action's breaker settings, as ``actions``
 
     def action(self, name: str) -> ActionSpec | None:
         """The action called ``name``; ``#n`` is the n-th (jobs written before actions had

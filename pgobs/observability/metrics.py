@@ -91,6 +91,28 @@ leader_fenced = Counter(
 )
 
 
+circuit_state = Gauge(
+    "observer_circuit_state",
+    "This worker's view of a circuit: 0 closed, 1 half-open (one probe for the fleet), 2 open.",
+    ["target"],
+)
+circuit_deferred = Counter(
+    "observer_circuit_deferred",
+    "Jobs deferred to their circuit's probe time without spending an attempt.",
+    ["observer", "target"],
+)
+circuit_transitions = Counter(
+    "observer_circuit_transitions",
+    "Circuit state changes this worker made for the fleet (opened, probed, closed).",
+    ["target", "to"],
+)
+circuit_fast_fail = Counter(
+    "observer_circuit_fast_fail",
+    "Calls not made because their circuit was open or another worker was probing it.",
+    ["target"],
+)
+
+
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics, /healthz and /readyz on ``port`` (in a daemon thread); a taken port is
     a one-line error."""

@@ -22,6 +22,8 @@ from pgobs.actions.threads import ThreadRunner
 from pgobs.config.model import Config
 from pgobs.db.connect import open_pool
 from pgobs.db.notify import Doorbell
+from pgobs.queue.circuit_store import CircuitStore
+from pgobs.queue.circuits import CircuitBoard
 from pgobs.queue.completer import Completer, FaultHook
 from pgobs.queue.jobs import Job, JobStore
 from pgobs.queue.maintenance import Maintenance
@@ -80,8 +82,10 @@ class WorkerPool:
         settings: WorkerSettings | None = None,
         *,
         faults: FaultHook | None = None,
+        circuits_bell: Doorbell | None = None,
     ) -> None:
         self.dsn = dsn
+        self.circuits_bell = circuits_bell  # rung when another worker changes a circuit
         self.config = config
         self.doorbell = doorbell
         self.settings = settings or WorkerSettings()
@@ -127,6 +131,7 @@ class WorkerPool:
             executor = ActionExecutor(self.config.observers, actions, http, self.threads, cache)
             handler_cache.activate(cache)
             completer = Completer(store, self.config, self.doorbell, self.faults)
+            circuits = CircuitBoard(CircuitStore(control, self.worker_id), self.config.observers)
             runners = Runners(
                 executor,
                 completer,
@@ -140,6 +145,7 @@ class WorkerPool:
                 },
                 target_share=s.default_share(len(executor.targets())),
                 grace_s=s.grace_s,
+                circuits=circuits,
             )
             keys = [
                 (key, observer, executor.target(_Call(observer, action)))
@@ -168,6 +174,7 @@ class WorkerPool:
             async with anyio.create_task_group() as service:
                 service.start_soon(completer.run)
                 service.start_soon(completer.keep_leases, s.lease_s / 3)
+                service.start_soon(circuits.run, self.circuits_bell)
                 action_keys = [key for key, _, _ in keys]
                 service.start_soon(Maintenance(store, self.doorbell, action_keys, s.lease_s).run)
                 async with anyio.create_task_group() as work:
