@@ -102,8 +102,9 @@ FROM s LEFT JOIN LATERAL pgobs.read_events(
 
 -- name: fan_out
 -- One batch's whole write, as one statement on the leader's session (atomic; one round trip):
--- a job per matched action, audit rows for events an observer could not judge, the new
--- checkpoint, and the jobs doorbell (delivered on commit).
+-- a job per matched action, trail records (every event of trail_event_ids with the observers
+-- it matched, and events an observer could not judge), the new checkpoint, and the jobs
+-- doorbell (delivered on commit).
 -- Jobs come as (event id, action ref); each ref names a row of the actions' catalog, sent once.
 WITH new_jobs AS (
     INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, priority,
@@ -116,13 +117,24 @@ WITH new_jobs AS (
          WITH ORDINALITY AS a(observer, action, action_index, action_type, priority,
                               max_attempts, ref) USING (ref)
     ORDER BY j.n
+    RETURNING event_id, observer
 ), audited AS (
-    INSERT INTO pgobs.audit (kind, status, event_id, observer, entity_type, entity_id,
+    INSERT INTO pgobs.trail (kind, status, event_id, observer, entity_type, entity_id,
                              event_type, message)
     SELECT 'event', 'error', a.* FROM unnest(%(audit_event_ids)b::bigint[],
         %(audit_observers)b::text[], %(audit_entity_types)b::text[],
         %(audit_entity_ids)b::text[], %(audit_event_types)b::text[],
         %(audit_messages)b::text[]) AS a
+), trailed AS (
+    INSERT INTO pgobs.trail (at, kind, status, event_id, entity_type, entity_id, event_type,
+                             tenant, actor, observers, data)
+    SELECT e.created_at, 'event', CASE WHEN m.observers IS NULL THEN 'received' ELSE 'matched' END,
+           e.id, e.entity_type, e.entity_id, e.event_type, e.tenant, e.actor, m.observers,
+           pgobs.trail_data(e.data)
+    FROM pgobs.events AS e
+    LEFT JOIN (SELECT event_id, array_agg(DISTINCT observer) AS observers
+               FROM new_jobs GROUP BY event_id) AS m ON m.event_id = e.id
+    WHERE e.id = ANY(%(trail_event_ids)b::bigint[])
 ), saved AS (
     INSERT INTO pgobs.checkpoints (listener_id, snapshot, target, last_txid, event_id,
                                    last_processed_at, updated_at)
@@ -262,7 +274,9 @@ LEFT JOIN LATERAL (
 -- that does not come back was not ours any more (the lease lapsed and the job was rescued),
 -- and the caller discards that result. A start sets the attempt it is; completed jobs are
 -- deleted; retries wait in 'scheduled' with the error appended; dead letters move to the DLQ in
--- the statement that removes them; on_failure: log drops them into the audit trail.
+-- the statement that removes them. Each outcome is a record in pgobs.trail (with its status
+-- code and duration), when trail is on; on_failure: log drops always are (nothing else keeps
+-- them).
 WITH started AS (
     UPDATE pgobs.jobs AS j
     SET attempts = s.attempt, attempted_at = now()
@@ -272,9 +286,12 @@ WITH started AS (
     RETURNING j.id
 ), completed AS (
     DELETE FROM pgobs.jobs AS j
-    WHERE j.id = ANY(%(completed)s::bigint[]) AND j.locked_by = %(worker)s
+    USING unnest(%(completed)s::bigint[], %(completed_attempts)s::int[],
+                 %(completed_codes)s::int[], %(completed_ms)s::float8[]) AS c(id, attempt, code, ms)
+    WHERE j.id = c.id AND j.id = ANY(%(completed)s::bigint[]) AND j.locked_by = %(worker)s
       AND j.state = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, c.attempt,
+              c.code, c.ms
 ), retried AS (
     UPDATE pgobs.jobs AS j
     SET state = CASE WHEN r.delay_s > 0 THEN 'scheduled' ELSE 'available' END,
@@ -284,42 +301,75 @@ WITH started AS (
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'error', r.error, 'kind', 'transient', 'at', now()))
     FROM unnest(%(retry_ids)s::bigint[], %(retry_delays)s::float8[], %(retry_errors)s::text[],
-                %(retry_attempts)s::int[]) AS r(id, delay_s, error, attempt)
+                %(retry_attempts)s::int[], %(retry_codes)s::int[], %(retry_ms)s::float8[])
+         AS r(id, delay_s, error, attempt, code, ms)
     WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, r.attempt,
+              r.code, r.ms, j.run_at, r.error
 ), failed AS (
     DELETE FROM pgobs.jobs AS j
     USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[],
-                 %(dead_attempts)s::int[]) AS r(id, error, kind, attempt)
+                 %(dead_attempts)s::int[], %(dead_codes)s::int[], %(dead_ms)s::float8[])
+         AS r(id, error, kind, attempt, code, ms)
     WHERE j.id = r.id AND j.id = ANY(%(dead_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.*, r.error, r.kind, r.attempt
+    RETURNING j.*, r.error, r.kind, r.attempt, r.code, r.ms
 ), dead AS (
-    INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
-                           payload, priority, attempts, max_attempts, last_error, error_kind,
-                           errors, created_at)
-    SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
-           coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
-                    f.payload, '{}'::jsonb),
-           f.payload, f.priority, f.attempt, f.max_attempts, f.error, f.kind,
-           f.errors || jsonb_build_array(jsonb_build_object(
-               'attempt', f.attempt, 'error', f.error, 'kind', f.kind, 'at', now())),
-           f.created_at
-    FROM failed f
-    RETURNING job_id, observer
-), dropped AS (
-    DELETE FROM pgobs.jobs AS j
-    USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[],
-                 %(drop_attempts)s::int[]) AS r(id, error, kind, attempt)
-    WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[])
-      AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.id, j.event_id, j.observer, j.action_type, r.attempt, r.error, r.kind
-), audited AS (
-    INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, message, details)
-    SELECT 'action', 'failed', d.event_id, d.observer, d.action_type, d.error,
-           jsonb_build_object('attempts', d.attempt, 'error_kind', d.kind)
-    FROM dropped d
+        INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                               payload, priority, attempts, max_attempts, last_error, error_kind,
+                               errors, created_at)
+        SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
+               coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                        f.payload, '{}'::jsonb),
+               f.payload, f.priority, f.attempt, f.max_attempts, f.error, f.kind,
+               f.errors || jsonb_build_array(jsonb_build_object(
+                   'attempt', f.attempt, 'error', f.error, 'kind', f.kind, 'at', now())),
+               f.created_at
+        FROM failed f
+        RETURNING job_id, observer
+    ), dropped AS (
+        DELETE FROM pgobs.jobs AS j
+        USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[],
+                     %(drop_attempts)s::int[], %(drop_codes)s::int[], %(drop_ms)s::float8[])
+             AS r(id, error, kind, attempt, code, ms)
+        WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[])
+          AND j.locked_by = %(worker)s AND j.state = 'running'
+        RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, r.attempt,
+                  r.code, r.ms, r.error
+    ), outcomes AS (
+        SELECT 'delivered' AS status, id, event_id, observer, action, action_type, payload, attempt,
+               code, ms, NULL::timestamptz AS next_run_at, NULL::text AS message
+        FROM completed WHERE %(trail)s
+        UNION ALL
+        SELECT 'retried', id, event_id, observer, action, action_type, payload, attempt, code, ms,
+               run_at, error
+        FROM retried WHERE %(trail)s
+        UNION ALL
+        SELECT 'failed', id, event_id, observer, action, action_type, payload, attempt, code, ms,
+               NULL, error
+        FROM failed WHERE %(trail)s
+        UNION ALL
+        SELECT 'dropped', id, event_id, observer, action, action_type, payload, attempt, code, ms,
+               NULL, error
+        FROM dropped
+), trailed AS (
+    -- The envelope from the event, or from the payload of a retried dead letter whose event
+    -- was purged.
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, status_code,
+                             duration_ms, next_run_at, message)
+    SELECT 'action', o.status, o.event_id, o.id,
+           coalesce(e.entity_type, o.payload ->> 'entity_type'),
+           coalesce(e.entity_id, o.payload ->> 'entity_id'),
+           coalesce(e.event_type, o.payload ->> 'event_type'),
+           coalesce(e.tenant, o.payload ->> 'tenant'), coalesce(e.actor, o.payload ->> 'actor'),
+           o.observer, o.action, o.action_type, o.attempt, o.code, o.ms, o.next_run_at, o.message
+    FROM outcomes AS o
+    LEFT JOIN LATERAL (
+        SELECT ev.entity_type, ev.entity_id, ev.event_type, ev.tenant, ev.actor
+        FROM pgobs.events AS ev WHERE ev.id = o.event_id LIMIT 1
+    ) AS e ON true
 )
 SELECT id, NULL::text FROM started
 UNION ALL SELECT id, NULL FROM completed
@@ -355,22 +405,31 @@ WITH failed AS (
         LIMIT 1000
         FOR UPDATE SKIP LOCKED))
     RETURNING j.*
+), dead AS (
+    INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                           payload, priority, attempts, max_attempts, last_error, error_kind, errors,
+                           created_at)
+    SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
+           coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                    f.payload, '{}'::jsonb),
+           f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'transient',
+           f.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', f.attempts, 'error', m.message, 'kind', 'transient', 'at', now(),
+               'worker', f.locked_by)),
+           f.created_at
+    FROM failed f
+    CROSS JOIN LATERAL (SELECT
+        'lease expired on the last attempt: the worker running it died or stalled' AS message) AS m
+    RETURNING job_id, event_id, observer, action, action_type, attempts, last_error, event
+), trailed AS (
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, message)
+    SELECT 'action', 'failed', d.event_id, d.job_id, d.event ->> 'entity_type',
+           d.event ->> 'entity_id', d.event ->> 'event_type', d.event ->> 'tenant',
+           d.event ->> 'actor', d.observer, d.action, d.action_type, d.attempts, d.last_error
+    FROM dead AS d WHERE %(trail)s
 )
-INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
-                       payload, priority, attempts, max_attempts, last_error, error_kind, errors,
-                       created_at)
-SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
-       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
-                f.payload, '{}'::jsonb),
-       f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'transient',
-       f.errors || jsonb_build_array(jsonb_build_object(
-           'attempt', f.attempts, 'error', m.message, 'kind', 'transient', 'at', now(),
-           'worker', f.locked_by)),
-       f.created_at
-FROM failed f
-CROSS JOIN LATERAL (SELECT
-    'lease expired on the last attempt: the worker running it died or stalled' AS message) AS m
-RETURNING observer
+SELECT observer FROM dead
 
 -- name: rescue_expired_jobs
 -- The other expired leases: the job is claimable again. One that had started spent its attempt
@@ -423,22 +482,31 @@ WITH gone AS (
         LIMIT 1000
         FOR UPDATE SKIP LOCKED))
     RETURNING j.*
+), dead AS (
+    INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                           payload, priority, attempts, max_attempts, last_error, error_kind, errors,
+                           created_at)
+    SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
+           coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                    f.payload, '{}'::jsonb),
+           f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'permanent',
+           f.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', f.attempts, 'error', m.message, 'kind', 'permanent', 'at', now())),
+           f.created_at
+    FROM failed f
+    CROSS JOIN LATERAL (SELECT 'action ' || coalesce(f.action, '#' || f.action_index)
+        || ' of observer ' || f.observer || ' is in no running worker''s config: it was removed or '
+        'renamed; restore it in observers.yaml, then pgobs dlq retry' AS message) AS m
+    RETURNING job_id, event_id, observer, action, action_type, attempts, last_error, event
+), trailed AS (
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, message)
+    SELECT 'action', 'failed', d.event_id, d.job_id, d.event ->> 'entity_type',
+           d.event ->> 'entity_id', d.event ->> 'event_type', d.event ->> 'tenant',
+           d.event ->> 'actor', d.observer, d.action, d.action_type, d.attempts, d.last_error
+    FROM dead AS d WHERE %(trail)s
 )
-INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
-                       payload, priority, attempts, max_attempts, last_error, error_kind, errors,
-                       created_at)
-SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
-       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
-                f.payload, '{}'::jsonb),
-       f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'permanent',
-       f.errors || jsonb_build_array(jsonb_build_object(
-           'attempt', f.attempts, 'error', m.message, 'kind', 'permanent', 'at', now())),
-       f.created_at
-FROM failed f
-CROSS JOIN LATERAL (SELECT 'action ' || coalesce(f.action, '#' || f.action_index)
-    || ' of observer ' || f.observer || ' is in no running worker''s config: it was removed or '
-    'renamed; restore it in observers.yaml, then pgobs dlq retry' AS message) AS m
-RETURNING observer
+SELECT observer FROM dead
 
 -- name: cache_invalidate
 DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
@@ -496,3 +564,16 @@ SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
 -- name: release_wake_lock
 -- The leader reads on: writers may skip NOTIFY.
 SELECT pg_advisory_unlock_all()
+
+-- name: search_trail
+-- pgobs search: {where} is the query, translated by pgobs.search.to_sql (parameters p0, p1,
+-- ...); the time bound lets the planner skip every partition before it. Newest first.
+SELECT t.at, t.id, t.kind, t.status, t.event_id, t.job_id, t.entity_type, t.entity_id,
+       t.event_type, t.tenant, t.actor,
+       CASE WHEN t.observer IS NOT NULL THEN ARRAY[t.observer]
+            ELSE coalesce(t.observers, ARRAY[]::text[]) END AS observers,
+       t.action, t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message
+FROM pgobs.trail AS t
+WHERE t.at >= now() - %(since)s::interval AND {where}
+ORDER BY t.at DESC, t.id DESC
+LIMIT %(limit)s

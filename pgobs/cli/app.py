@@ -13,6 +13,7 @@ from cyclopts import App, Parameter
 
 from pgobs import __version__
 from pgobs.cli.dlq import app as dlq_app
+from pgobs.cli.search import search as search_command
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.config.loader import load_config, parse_config_file
 from pgobs.db.connect import Connection, resolve_dsn
@@ -32,6 +33,7 @@ app = App(
 )
 
 app.command(dlq_app)
+app.command(search_command, name="search")
 
 
 @app.command

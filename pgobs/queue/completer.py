@@ -20,7 +20,7 @@ from typing import Literal
 import anyio
 import psycopg
 
-from pgobs.actions.failures import Failure
+from pgobs.actions.failures import Delivered, Failure
 from pgobs.actions.threads import ThreadRunner
 from pgobs.config.model import Config
 from pgobs.db.notify import Doorbell
@@ -48,6 +48,7 @@ class Held:
     state: State = "claimed"
     stop: Callable[[], None] | None = None  # stops its run, when the lease is lost
     parked: Failure | None = None
+    started: float | None = None  # when its run started (anyio clock): its duration's start
 
 
 class Completer:
@@ -96,6 +97,7 @@ class Completer:
             return False
         held.state = "started"
         held.stop = stop
+        held.started = anyio.current_time()
         self._starts[job.id] = (anyio.current_time() + record_in, job.attempt)
         if len(self._starts) == 1:
             self._ready.ring()  # the writer sets its timer for this start
@@ -109,17 +111,20 @@ class Completer:
         await self.flush()
         return job.id in self.held
 
-    def finish(self, job: Job, failure: Failure | None) -> None:
+    def finish(self, job: Job, result: Failure | Delivered | None) -> None:
         """``job``'s run ended; its outcome is written with the next batch."""
         held = self.held.get(job.id)
         if held is None:
             return  # lost meanwhile: the result is discarded
+        duration_ms = None
+        if held.started is not None:
+            duration_ms = (anyio.current_time() - held.started) * 1000
         held.state = "finished"
         held.stop = None
         self.finished += 1
         self._starts.pop(job.id, None)
         self._pending.starts.pop(job.id, None)
-        self._pending.outcomes[job.id] = self._outcome(job, failure)
+        self._pending.outcomes[job.id] = self._outcome(job, result, duration_ms)
         self._ready.ring()
 
     def park(self, job: Job, failure: Failure, threads: ThreadRunner) -> None:
@@ -153,18 +158,29 @@ class Completer:
             heapq.heappop(self._retries_due)
         return min(longest, self._retries_due[0] - now) if self._retries_due else longest
 
-    def _outcome(self, job: Job, failure: Failure | None) -> Outcome:
-        if failure is None:
-            return Outcome(job.id, job.attempt, "completed")
+    def _outcome(
+        self, job: Job, result: Failure | Delivered | None, duration_ms: float | None
+    ) -> Outcome:
+        if not isinstance(result, Failure):
+            code = result.status_code if result is not None else None
+            return Outcome(
+                job.id, job.attempt, "completed", status_code=code, duration_ms=duration_ms
+            )
+        failure = result
         message = _storable(failure.message)
+        code = failure.status_code
         obs = self.config.observer(job.observer)
         if obs is not None and failure.kind == "transient" and job.attempt < job.max_attempts:
             delay = retry_delay_s(obs.retry, job.attempt, failure.retry_after_s)
-            return Outcome(job.id, job.attempt, "retry", message, "transient", delay)
+            return Outcome(
+                job.id, job.attempt, "retry", message, "transient", delay, code, duration_ms
+            )
         if obs is not None and obs.on_failure == "log":
             log.warning("%s failed for good, dropped (on_failure: log): %s", job.observer, message)
-            return Outcome(job.id, job.attempt, "drop", message, failure.kind)
-        return Outcome(job.id, job.attempt, "dead", message, failure.kind)
+            return Outcome(
+                job.id, job.attempt, "drop", message, failure.kind, 0.0, code, duration_ms
+            )
+        return Outcome(job.id, job.attempt, "dead", message, failure.kind, 0.0, code, duration_ms)
 
     # -- the writer ---------------------------------------------------------------------------
 

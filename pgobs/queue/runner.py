@@ -170,13 +170,13 @@ class Runners:
         slot.deadline = anyio.current_time() + self.executor.timeout_s(job)
         slot.job = job
         try:
-            failure = await self.executor.run(job)
+            result = await self.executor.run(job)
         finally:
             slot.job = None
             self._busy[job.observer] -= 1
             self._busy_targets[target] -= 1
         slot.stopped = None  # finished after all (it swallowed the cancel)
-        self.completer.finish(job, failure)
+        self.completer.finish(job, result)
 
     def _stopped_early(self, slot: _Slot) -> None:
         job, slot.stopped = slot.stopped, None

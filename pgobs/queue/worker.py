@@ -41,6 +41,7 @@ class WorkerSettings:
     grace_s: float = 10.0
     max_prefetch: int = 0  # 0: chosen from concurrency
     max_held_bytes: int = 64 * 1024 * 1024  # event data held in memory, claimed or running
+    trail: bool = True  # record every outcome in pgobs.trail (off: only on_failure: log drops)
 
     @property
     def prefetch_cap(self) -> int:
@@ -116,7 +117,7 @@ class WorkerPool:
                 follow_redirects=False,
             ) as http,
         ):
-            store = JobStore(self.dsn, control, self.worker_id, s.lease_s)
+            store = JobStore(self.dsn, control, self.worker_id, s.lease_s, s.trail)
             executor = ActionExecutor(self.config.observers, actions, http, self.threads)
             completer = Completer(store, self.config, self.doorbell, self.faults)
             runners = Runners(
