@@ -266,6 +266,27 @@ REVOKE EXECUTE ON FUNCTION pgobs.trail_terms(text, text, text, text, text, text,
     text, text, text, text, text[], text, text, text, jsonb), pgobs.trail_data(jsonb),
     pgobs.trail_retention() FROM PUBLIC;
 
+-- The Elasticsearch shipper's progress: the last record shipped, in (txid, id) order (records
+-- are read only once every transaction that could still write an earlier one has ended), and
+-- the records Elasticsearch rejected (a mapping conflict), skipped so they never block the rest.
+CREATE TABLE pgobs.trail_shipping (
+    sink       text PRIMARY KEY,
+    txid       xid8 NOT NULL DEFAULT '0',
+    id         bigint NOT NULL DEFAULT 0,
+    shipped    bigint NOT NULL DEFAULT 0,
+    rejected   bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE pgobs.trail_rejects (
+    sink        text NOT NULL,
+    trail_id    bigint NOT NULL,
+    at          timestamptz NOT NULL,
+    error       text NOT NULL,
+    rejected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sink, trail_id)
+);
+CREATE INDEX trail_rejects_rejected_at ON pgobs.trail_rejects (rejected_at);
+
 -- The old audit rows, and its name as a view of the same kinds of record.
 INSERT INTO pgobs.trail (at, kind, status, event_id, observer, action_type, entity_type,
                          entity_id, event_type, message, attempt)

@@ -577,3 +577,56 @@ FROM pgobs.trail AS t
 WHERE t.at >= now() - %(since)s::interval AND {where}
 ORDER BY t.at DESC, t.id DESC
 LIMIT %(limit)s
+
+-- name: trail_ship_lock
+-- One shipper per fleet: the lock is held by the shipper's own session while it ships.
+SELECT pg_try_advisory_lock(2024061503, 1)
+
+-- name: trail_ship_batch
+-- The next records to ship after the cursor, in (txid, id) order, only from transactions that
+-- have ended (a record of an open one cannot be passed by the cursor), with the text full-text
+-- search sees (pgobs.trail_text, the same on both backends).
+WITH cursor AS MATERIALIZED (
+    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
+    FROM pgobs.trail_shipping WHERE sink = %(sink)s
+)
+SELECT t.txid::text AS txid, t.id, t.at, t.kind, t.status, t.event_id, t.job_id, t.entity_type,
+       t.entity_id, t.event_type, t.tenant, t.actor, t.observer, t.observers, t.action,
+       t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message, t.data,
+       pgobs.trail_text(t.entity_type, t.entity_id, t.event_type, t.tenant, t.actor, t.status,
+                        t.observer, t.observers, t.action, t.action_type, t.message,
+                        t.data) AS text
+FROM cursor AS c, pgobs.trail AS t
+WHERE (t.txid, t.id) > (c.txid, c.id)
+  AND t.txid < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY t.txid, t.id
+LIMIT %(limit)s
+
+-- name: trail_ship_advance
+-- After a bulk request: the cursor moves past the batch, and the documents Elasticsearch
+-- rejected are recorded (and not sent again).
+WITH rejected AS (
+    INSERT INTO pgobs.trail_rejects (sink, trail_id, at, error)
+    SELECT %(sink)s, r.id, r.at, r.error
+    FROM unnest(%(reject_ids)s::bigint[], %(reject_ats)s::timestamptz[],
+                %(reject_errors)s::text[]) AS r(id, at, error)
+    ON CONFLICT (sink, trail_id) DO UPDATE SET error = EXCLUDED.error, rejected_at = now()
+)
+INSERT INTO pgobs.trail_shipping (sink, txid, id, shipped, rejected, updated_at)
+VALUES (%(sink)s, %(txid)s::text::xid8, %(id)s, %(shipped)s, %(rejected)s, now())
+ON CONFLICT (sink) DO UPDATE
+SET txid = EXCLUDED.txid, id = EXCLUDED.id,
+    shipped = pgobs.trail_shipping.shipped + EXCLUDED.shipped,
+    rejected = pgobs.trail_shipping.rejected + EXCLUDED.rejected, updated_at = now()
+
+-- name: trail_ship_backlog
+-- Records not shipped yet (counted up to 1,000,000) and the age of the oldest.
+WITH cursor AS MATERIALIZED (
+    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
+    FROM pgobs.trail_shipping WHERE sink = %(sink)s
+), waiting AS (
+    SELECT t.at FROM cursor AS c, pgobs.trail AS t
+    WHERE (t.txid, t.id) > (c.txid, c.id)
+    LIMIT 1000000
+)
+SELECT count(*), coalesce(extract(epoch FROM now() - min(at)), 0)::float8 FROM waiting

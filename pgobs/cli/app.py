@@ -13,6 +13,7 @@ from cyclopts import App, Parameter
 
 from pgobs import __version__
 from pgobs.cli.dlq import app as dlq_app
+from pgobs.cli.search import ElasticsearchUrl
 from pgobs.cli.search import search as search_command
 from pgobs.cli.session import Dsn, with_connection
 from pgobs.config.loader import load_config, parse_config_file
@@ -131,6 +132,8 @@ def worker(
     metrics_host: str = "127.0.0.1",
     lease_seconds: float = 30.0,
     grace_seconds: float = 10.0,
+    trail: bool = True,
+    elasticsearch_url: ElasticsearchUrl = None,
     dsn: Dsn = None,
 ) -> None:
     """Run a worker process: a listener candidate and/or the action workers.
@@ -153,6 +156,11 @@ def worker(
         after this.
     grace_seconds
         On SIGTERM, how long running actions may take to finish before they are handed back.
+    trail
+        Record every event and outcome in pgobs.trail for pgobs search (--no-trail: only
+        fan-out errors and on_failure: log drops, which leave no other trace).
+    elasticsearch_url
+        Ship the trail to this Elasticsearch (one process of the fleet ships at a time).
     """
     if lease_seconds < 1:
         raise PgobsError(f"--lease-seconds must be at least 1, got {lease_seconds:g}")
@@ -178,10 +186,12 @@ def worker(
             listener_id=listener_id,
             batch_size=batch_size,
             leader_stale_s=leader_stale_seconds,
+            trail=trail,
         ),
         worker=WorkerSettings(
-            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds
+            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds, trail=trail
         ),
+        elasticsearch_url=elasticsearch_url,
     )
     anyio.run(lambda: run_process(resolved, loaded, settings))
 
@@ -256,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     # httpx logs every request and pgserver every handle at INFO: noise for an operator.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The Elasticsearch transport logs each failed try with a traceback; pgobs says it once.
+    logging.getLogger("elastic_transport").setLevel(logging.CRITICAL)
     try:
         result = app(sys.argv[1:] if argv is None else argv, result_action="return_value")
     except PgobsError as exc:
