@@ -143,25 +143,22 @@ class _Parser:
 
     def unary(self) -> Node:
         if self.tok.kind is TokenKind.NOT:
-            self.advance()
-            self.nest()
+            self.nest(self.advance().column)
             item = self.unary()
             self.depth -= 1
             return Not(item)
         return self.primary()
 
-    def nest(self) -> None:
+    def nest(self, column: int) -> None:
         self.depth += 1
         if self.depth > MAX_NESTING:
-            raise QuerySyntaxError(
-                f"the query nests deeper than {MAX_NESTING} levels", self.tok.column
-            )
+            raise QuerySyntaxError(f"the query nests deeper than {MAX_NESTING} levels", column)
 
     def primary(self) -> Node:
         tok = self.tok
         if tok.kind is TokenKind.LPAREN:
             self.advance()
-            self.nest()
+            self.nest(tok.column)
             if self.tok.kind is TokenKind.RPAREN:
                 self.fail("a term inside '( )'")
             node = self.or_()
@@ -234,6 +231,8 @@ class _Parser:
     def field_value(self, field: str, tok: Token) -> Node:
         kind = FIELDS[field].kind
         pattern = _pattern(tok)
+        if pattern == (STAR,):
+            return Range(field, None, None)  # field:* → the field is present
         if pattern is not None:
             if kind is not FieldKind.KEYWORD:
                 raise QuerySyntaxError(
@@ -241,8 +240,6 @@ class _Parser:
                     f"{kind.value}: use a range such as {field}:[a TO b]",
                     tok.column,
                 )
-            if pattern == (STAR,):
-                return Range(field, None, None)  # field:* → the field is present
             return Like(field, pattern)
         if kind is FieldKind.TIME:
             at = parse_time(tok.text, tok.column)

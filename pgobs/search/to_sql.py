@@ -9,6 +9,7 @@ lack the field (as Lucene does).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, assert_never
 
@@ -113,6 +114,8 @@ def _nest(path: tuple[str, ...], value: Any) -> str:
 
 
 def _json(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_json(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Decimal):
@@ -142,20 +145,24 @@ def _node(node: Node, params: dict[str, Any]) -> sql.Composable:
         return _match(node, params)
     if isinstance(node, Like):
         pattern = _param(params, like_pattern(node.pattern))
-        return _on_field(node.field, sql.SQL("LIKE {}").format(pattern))
+        return _on_field(node.field, lambda value: sql.SQL("{} LIKE {}").format(value, pattern))
     if isinstance(node, Range):
         return _range(node, params)
     if isinstance(node, Text):
         return _text(node, params)
     if isinstance(node, DataMatch):
-        docs = [_nest(node.path, c) for c in data_candidates(node.path, node.value)]
+        # the value itself, or an array holding it (containment: the GIN index on data)
+        candidates = data_candidates(node.path, node.value)
+        docs = [_nest(node.path, c) for c in candidates]
+        docs += [_nest(node.path, [c]) for c in candidates]
         return sql.SQL("(t.data @> ANY({}::jsonb[]))").format(_param(params, docs))
     if isinstance(node, DataLike):
-        path = list(node.path)
         return sql.SQL(
-            "coalesce(jsonb_typeof(t.data #> {path}) = 'string' AND (t.data #>> {path}) LIKE "
-            "{pattern}, false)"
-        ).format(path=_param(params, path), pattern=_param(params, like_pattern(node.pattern)))
+            "EXISTS (SELECT FROM {values} AS v(x) WHERE jsonb_typeof(v.x) = 'string' "
+            "AND (v.x #>> '{{}}') LIKE {pattern})"
+        ).format(
+            values=_values(node.path, params), pattern=_param(params, like_pattern(node.pattern))
+        )
     if isinstance(node, DataRange):
         return _data_range(node, params)
     assert_never(node)
@@ -169,14 +176,14 @@ def _match(node: Match, params: dict[str, Any]) -> sql.Composable:
     return sql.SQL("coalesce({} = ANY({}), false)").format(_column(node.field), values)
 
 
-def _on_field(field: str, test: sql.Composable) -> sql.Composable:
-    """``<field> <test>``, true when any of an event's matched observers passes it too."""
+def _on_field(field: str, test: Callable[[sql.Composable], sql.Composable]) -> sql.Composable:
+    """``test`` of the field's value, true when any of an event's matched observers passes it
+    too; never NULL."""
     if field == "observer":
         return sql.SQL(
-            "coalesce(t.observer {test} OR EXISTS (SELECT FROM unnest(t.observers) AS o "
-            "WHERE o {test}), false)"
-        ).format(test=test)
-    return sql.SQL("coalesce({} {}, false)").format(_column(field), test)
+            "coalesce({} OR EXISTS (SELECT FROM unnest(t.observers) AS o WHERE {}), false)"
+        ).format(test(sql.SQL("t.observer")), test(sql.SQL("o")))
+    return sql.SQL("coalesce({}, false)").format(test(_column(field)))
 
 
 def _bound(field: str, value: Value, params: dict[str, Any]) -> sql.Composable:
@@ -191,7 +198,7 @@ def _bound(field: str, value: Value, params: dict[str, Any]) -> sql.Composable:
 
 def _range(node: Range, params: dict[str, Any]) -> sql.Composable:
     if node.low is None and node.high is None:
-        return _on_field(node.field, sql.SQL("IS NOT NULL"))
+        return _on_field(node.field, lambda value: sql.SQL("{} IS NOT NULL").format(value))
     tests = []
     if node.low is not None:
         op = sql.SQL(">=" if node.low_inclusive else ">")
@@ -204,42 +211,35 @@ def _range(node: Range, params: dict[str, Any]) -> sql.Composable:
         return sql.SQL("({})").format(
             sql.SQL(" AND ").join(sql.SQL("t.at {}").format(test) for test in tests)
         )
-    if node.field == "observer" or FIELDS[node.field].kind is FieldKind.KEYWORD:
-        collated = sql.SQL('COLLATE "C" ')
-        if len(tests) == 1:
-            return _on_field(node.field, sql.Composed([collated, tests[0]]))
-        if node.field == "observer":
-            return sql.SQL("({} AND {})").format(
-                _on_field(node.field, sql.Composed([collated, tests[0]])),
-                _on_field(node.field, sql.Composed([collated, tests[1]])),
-            )
-        column = _column(node.field)
-        return sql.SQL("coalesce({} AND {}, false)").format(
-            *(sql.SQL('{} COLLATE "C" {}').format(column, test) for test in tests)
-        )
-    column = _column(node.field)
-    return sql.SQL("coalesce({}, false)").format(
-        sql.SQL(" AND ").join(sql.SQL("{} {}").format(column, test) for test in tests)
-    )
+    # Text compares byte by byte, as Elasticsearch compares keywords.
+    collate = sql.SQL(' COLLATE "C" ' if FIELDS[node.field].kind is FieldKind.KEYWORD else " ")
+
+    def within(value: sql.Composable) -> sql.Composable:
+        return sql.SQL(" AND ").join(sql.Composed([value, collate, test]) for test in tests)
+
+    return _on_field(node.field, within)
+
+
+def _values(path: tuple[str, ...], params: dict[str, Any]) -> sql.Composable:
+    """The values at ``path``: an array's elements, or the value alone."""
+    return sql.SQL(
+        "jsonb_array_elements(CASE jsonb_typeof(t.data #> {p}) WHEN 'array' "
+        "THEN t.data #> {p} ELSE jsonb_build_array(t.data #> {p}) END)"
+    ).format(p=_param(params, list(path)))
 
 
 def _data_range(node: DataRange, params: dict[str, Any]) -> sql.Composable:
-    path = list(node.path)
     if node.low is None and node.high is None:
-        return sql.SQL("coalesce(jsonb_typeof(t.data #> {}) <> 'null', false)").format(
-            _param(params, path)
-        )
+        # a value: a string, number or boolean there, or in an array or object there
+        return sql.SQL(
+            'coalesce(jsonb_path_exists(t.data #> {}, \'strict $.** ? (@.type() == "string" '
+            '|| @.type() == "number" || @.type() == "boolean")\'), false)'
+        ).format(_param(params, list(node.path)))
     numeric = isinstance(node.low, Decimal) or isinstance(node.high, Decimal)
     if numeric:
-        kind, value = (
-            sql.SQL("'number'"),
-            sql.SQL("(t.data #> {})::numeric").format(_param(params, path)),
-        )
+        kind, value = sql.SQL("'number'"), sql.SQL("(v.x)::numeric")
     else:
-        kind, value = (
-            sql.SQL("'string'"),
-            sql.SQL('((t.data #>> {}) COLLATE "C")').format(_param(params, path)),
-        )
+        kind, value = sql.SQL("'string'"), sql.SQL("((v.x #>> '{}') COLLATE \"C\")")
     tests = []
     if node.low is not None:
         op = ">=" if node.low_inclusive else ">"
@@ -247,9 +247,10 @@ def _data_range(node: DataRange, params: dict[str, Any]) -> sql.Composable:
     if node.high is not None:
         op = "<=" if node.high_inclusive else "<"
         tests.append(sql.SQL("{} " + op + " {}").format(value, _param(params, node.high)))
-    return sql.SQL("(CASE WHEN jsonb_typeof(t.data #> {}) = {} THEN {} ELSE false END)").format(
-        _param(params, path), kind, sql.SQL(" AND ").join(tests)
-    )
+    return sql.SQL(
+        "EXISTS (SELECT FROM {values} AS v(x) WHERE CASE WHEN jsonb_typeof(v.x) = {kind} "
+        "THEN {tests} ELSE false END)"
+    ).format(values=_values(node.path, params), kind=kind, tests=sql.SQL(" AND ").join(tests))
 
 
 def _text(node: Text, params: dict[str, Any]) -> sql.Composable:

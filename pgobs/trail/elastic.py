@@ -140,10 +140,21 @@ def document(row: dict[str, Any]) -> dict[str, Any]:
     observers = [row["observer"]] if row["observer"] is not None else list(row["observers"] or ())
     if observers:
         source["observer"] = observers
-    if row["data"]:
-        source["data"] = row["data"]
+    data = _searchable(row["data"])
+    if data:
+        source["data"] = data
     source["text"] = row["text"]
     return {"_index": index_for(row["at"]), "_id": str(row["id"]), "_source": source}
+
+
+def _searchable(value: Any) -> Any:
+    """``data`` as search reads it: objects, scalars and arrays of scalars; the objects and
+    arrays inside an array are left out (Postgres does not look into them either)."""
+    if isinstance(value, dict):
+        return {key: _searchable(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [v for v in value if not isinstance(v, dict | list)]
+    return value
 
 
 def client(url: str) -> AsyncElasticsearch:
