@@ -130,7 +130,8 @@ WITH new_jobs AS (
                              tenant, actor, observers, data)
     SELECT e.created_at, 'event', CASE WHEN m.observers IS NULL THEN 'received' ELSE 'matched' END,
            e.id, e.entity_type, e.entity_id, e.event_type, e.tenant, e.actor, m.observers,
-           pgobs.trail_data(e.data)
+           CASE WHEN jsonb_typeof(e.data) = 'object' AND pg_column_size(e.data) <= 8192
+                THEN e.data ELSE pgobs.trail_data(e.data) END
     FROM pgobs.events AS e
     LEFT JOIN (SELECT event_id, array_agg(DISTINCT observer) AS observers
                FROM new_jobs GROUP BY event_id) AS m ON m.event_id = e.id
@@ -593,9 +594,7 @@ WITH cursor AS MATERIALIZED (
 SELECT t.txid::text AS txid, t.id, t.at, t.kind, t.status, t.event_id, t.job_id, t.entity_type,
        t.entity_id, t.event_type, t.tenant, t.actor, t.observer, t.observers, t.action,
        t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message, t.data,
-       pgobs.trail_text(t.entity_type, t.entity_id, t.event_type, t.tenant, t.actor, t.status,
-                        t.observer, t.observers, t.action, t.action_type, t.message,
-                        t.data) AS text
+       pgobs.trail_text(t.message, t.data) AS text
 FROM cursor AS c, pgobs.trail AS t
 WHERE (t.txid, t.id) > (c.txid, c.id)
   AND t.txid < pg_snapshot_xmin(pg_current_snapshot())

@@ -29,19 +29,6 @@ from pgobs.search.ast import (
 )
 
 NUMBER = re.compile(r"-?\d+(\.\d+)?")
-TEXT_FIELDS = (
-    "entity_type",
-    "entity_id",
-    "event_type",
-    "tenant",
-    "actor",
-    "status",
-    "observer",
-    "observers",
-    "action",
-    "action_type",
-    "message",
-)
 
 
 def evaluate(node: Node, rec: dict[str, Any], now: datetime) -> bool:
@@ -182,13 +169,7 @@ def data_values(data: Any) -> list[str]:
 
 def text(rec: dict[str, Any]) -> str:
     """What pgobs.trail_text gives for the record."""
-    parts: list[str] = []
-    for field in TEXT_FIELDS:
-        value = rec.get(field)
-        if isinstance(value, list):
-            parts.append(" ".join(value))
-        elif value is not None:
-            parts.append(str(value))
+    parts: list[str] = [rec["message"]] if rec.get("message") is not None else []
     parts.extend(data_values(rec.get("data") or {}))
     return " ".join(re.findall(r"[^\W_]+", " ".join(parts).lower()))
 

@@ -8,7 +8,8 @@ The ILM policy deletes an index 90 days (by default) after it was created.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -87,7 +88,7 @@ INDEX_TEMPLATE: dict[str, Any] = {
                 "attempt": {"type": "integer"},
                 "status_code": {"type": "integer"},
                 "duration_ms": {"type": "double"},
-                "timestamp": {"type": "date"},
+                "timestamp": {"type": "date_nanos"},  # Postgres keeps microseconds
                 "next_run_at": {"type": "date"},
                 "message": {"type": "keyword", "index": False, "doc_values": False},
                 # pgobs.trail_text: already lowercase words, split on spaces.
@@ -128,12 +129,22 @@ INDEX_TEMPLATE: dict[str, Any] = {
 
 
 def index_for(at: datetime) -> str:
-    return f"{INDEX_PREFIX}{at:%Y.%m.%d}"
+    """The day's index (UTC, as the trail's partitions)."""
+    return _day_index(at.astimezone(UTC).date())
+
+
+@lru_cache(maxsize=64)
+def _day_index(day: date) -> str:
+    return f"{INDEX_PREFIX}{day:%Y.%m.%d}"
 
 
 def document(row: dict[str, Any]) -> dict[str, Any]:
     """One bulk action for a trail row (as trail_ship_batch reads it)."""
-    source: dict[str, Any] = {name: row[name] for name in SHIPPED_FIELDS if row[name] is not None}
+    source: dict[str, Any] = {}
+    for name in SHIPPED_FIELDS:
+        value = row[name]
+        if value is not None:
+            source[name] = value
     source["timestamp"] = row["at"].isoformat()
     if row["next_run_at"] is not None:
         source["next_run_at"] = row["next_run_at"].isoformat()
@@ -143,7 +154,8 @@ def document(row: dict[str, Any]) -> dict[str, Any]:
     data = _searchable(row["data"])
     if data:
         source["data"] = data
-    source["text"] = row["text"]
+    if row["text"]:
+        source["text"] = row["text"]
     return {"_index": index_for(row["at"]), "_id": str(row["id"]), "_source": source}
 
 

@@ -146,8 +146,7 @@ def test_the_text_full_text_sees_is_the_references(sample: Sample) -> None:
     stored = dict(
         fetch(
             dsn,
-            "SELECT id, pgobs.trail_text(entity_type, entity_id, event_type, tenant, actor, "
-            "status, observer, observers, action, action_type, message, data) FROM pgobs.trail",
+            "SELECT id, pgobs.trail_text(message, data) FROM pgobs.trail",
         )
     )
     for i, rec in zip(ids, records, strict=True):
