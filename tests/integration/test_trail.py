@@ -303,3 +303,30 @@ def test_big_event_data_is_kept_bounded(dsn: str) -> None:
     assert kept == {"id": 7, "status": "paid"}
     small = {"id": 7, "nested": {"a": [1, 2]}}
     assert scalar(dsn, "SELECT pgobs.trail_data(%s)", (Jsonb(small),)) == small
+
+
+def test_other_outcomes_are_recorded_in_a_statement_of_their_own(dsn: str) -> None:
+    """pgobs.record_trail: how the dedup and circuit steps record deduplicated and deferred."""
+    event = scalar(dsn, "SELECT pgobs.emit('Order', 'paid', '42', '{\"total\": 5}')")
+    written = scalar(
+        dsn,
+        "WITH recorded AS (SELECT pgobs.record_trail('deduplicated', ARRAY[%s, 999]::bigint[], "
+        "ARRAY['obs-a', 'obs-b'], ARRAY['hook', 'hook'], ARRAY['webhook', 'webhook'], "
+        "ARRAY['seen 2 s ago', NULL]) AS n) SELECT n FROM recorded",
+        (event,),
+    )
+    assert written == 2
+    rows = fetch(
+        dsn,
+        "SELECT status, entity_type, entity_id, observer, message FROM pgobs.trail "
+        "ORDER BY event_id",
+    )
+    assert rows == [
+        ("deduplicated", "Order", "42", "obs-a", "seen 2 s ago"),
+        ("deduplicated", None, None, "obs-b", None),  # an event already purged
+    ]
+    with pytest.raises(psycopg.errors.RaiseException, match="not an outcome status"):
+        execute(
+            dsn,
+            "SELECT pgobs.record_trail('exploded', '{}'::bigint[], '{}', '{}', '{}', '{}')",
+        )
