@@ -1,15 +1,19 @@
-"""One ``pgobs worker`` process: the notifier and the worker pool on the main event loop, a
-listener candidate on a thread and loop of its own (so a handler that blocks the main loop cannot
-stall fan-out), and a watchdog that names whatever blocks the main loop.
+"""One ``pgobs worker`` process: the worker pool and the notifier that wakes it on the main event
+loop, a listener candidate and its own notifier on a thread and loop of their own (so a handler
+that blocks the main loop can neither stall fan-out nor keep its wake-ups from it), and a
+watchdog that names whatever blocks the main loop.
 
 SIGTERM or SIGINT: the listener stops at once (its session closes, freeing the leader lock for a
 standby), the pool stops claiming and drains, then the process exits."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -19,6 +23,7 @@ from pgobs.db.migrate import ensure_migrated
 from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
 from pgobs.listener.thread import ListenerThread
+from pgobs.observability.health import Check, readiness
 from pgobs.observability.loopwatch import LoopWatch
 from pgobs.queue.worker import WorkerPool, WorkerSettings
 
@@ -37,20 +42,39 @@ class ProcessSettings:
 
 async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> None:
     await ensure_migrated(dsn)
-    notifier = Notifier(dsn, (EVENTS_CHANNEL, JOBS_CHANNEL), cross_thread=(EVENTS_CHANNEL,))
+    # Each loop hears its own channel: the pool's on the main loop, the listener's on its thread.
+    notifier = Notifier(dsn, (JOBS_CHANNEL,))
     pool = (
         WorkerPool(dsn, config, notifier.doorbells[JOBS_CHANNEL], settings.worker)
         if (settings.role in ("worker", "all"))
         else None
     )
-    listener = (
-        ListenerThread(Listener(dsn, config, notifier.doorbells[EVENTS_CHANNEL], settings.listener))
-        if settings.role in ("listener", "all")
-        else None
-    )
+    jobs_written: Callable[[], object] | None = None
+    if pool is not None:
+        # A fan-out on this process's listener thread wakes its pool at once (on the main loop:
+        # anyio.run's asyncio backend), a hop shorter than its NOTIFY's way through the server.
+        loop = asyncio.get_running_loop()
+        jobs_written = partial(loop.call_soon_threadsafe, notifier.doorbells[JOBS_CHANNEL].ring)
+    listener = None
+    if settings.role in ("listener", "all"):
+        events = Notifier(dsn, (EVENTS_CHANNEL,))
+        listener = ListenerThread(
+            Listener(
+                dsn,
+                config,
+                events.doorbells[EVENTS_CHANNEL],
+                settings.listener,
+                jobs_written=jobs_written,
+            ),
+            events,
+        )
+    checks = _readiness_checks(notifier if pool is not None else None, listener)
+    for name, check in checks.items():
+        readiness.add(name, check)
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(notifier.run)
+            if pool is not None:
+                tg.start_soon(notifier.run)
             if listener is not None:
                 listener.start()
                 # A listener that fails ends the process, as it did on the shared loop.
@@ -77,11 +101,32 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
                 await stopped.wait()
             tg.cancel_scope.cancel()
     finally:
+        for name in (*checks, "process"):
+            readiness.remove(name)
         if listener is not None:
             listener.stop()
             with anyio.CancelScope(shield=True):
                 await listener.wait()
-        notifier.close()
+
+
+def _readiness_checks(
+    notifier: Notifier | None, listener: ListenerThread | None
+) -> dict[str, Check]:
+    """Ready (/readyz): the workers' wake-up connection is up, and a listener candidate leads or
+    stands by (connected: the state says so)."""
+    checks: dict[str, Check] = {}
+    if notifier is not None:
+        checks["database"] = lambda: None if notifier.up else "not connected to the database"
+    if listener is not None:
+        candidate = listener.listener
+
+        def listening() -> str | None:
+            if candidate.state == "running":
+                return None  # leading or standing by
+            return f"listener {candidate.settings.listener_id} is {candidate.state}"
+
+        checks["listener"] = listening
+    return checks
 
 
 async def _stop_on_signal(
@@ -90,6 +135,7 @@ async def _stop_on_signal(
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)
+            readiness.add("process", lambda: "stopping")
             if listener is not None:
                 listener.stop()
             if pool is not None:

@@ -144,35 +144,45 @@ END;
 $$;
 REVOKE EXECUTE ON FUNCTION pgobs.trail_partition(date) FROM PUBLIC;
 
--- The trail's retention: 'audit_retention' from pgobs.settings (migration 0007) when there is
--- one, else 90 days.
+-- The trail's retention: 'audit_retention' of pgobs.settings (migration 0007: checked there,
+-- NULL keeps for ever), else 90 days. Read by name at run time, so this migration stands on
+-- its own as well.
 CREATE FUNCTION pgobs.trail_retention() RETURNS interval
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found text;
+    found interval;
 BEGIN
-    IF to_regprocedure('pgobs.setting(text)') IS NOT NULL THEN
-        EXECUTE 'SELECT pgobs.setting($1)' INTO found USING 'audit_retention';
-    ELSIF to_regclass('pgobs.settings') IS NOT NULL THEN
-        EXECUTE 'SELECT value FROM pgobs.settings WHERE key = $1' INTO found
-            USING 'audit_retention';
+    IF to_regprocedure('pgobs.setting_interval(text)') IS NOT NULL THEN
+        EXECUTE 'SELECT pgobs.setting_interval($1)' INTO found USING 'audit_retention';
+        RETURN found;
     END IF;
-    RETURN coalesce(nullif(btrim(found), '')::interval, interval '90 days');
+    RETURN interval '90 days';
 END;
 $$;
 
--- The maintenance step for the trail (pgobs.run_maintenance calls it): drops every partition
--- whose whole day is past the retention (at most batch_size of them a call), deletes expired
--- records from the default partition, and creates the partitions of the next 7 days. Returns
--- the partitions dropped, or that would be when dry_run (which changes nothing).
+-- The maintenance step for the trail (pgobs.run_maintenance calls it; it replaces 0007's,
+-- which deleted pgobs.audit rows): drops every partition whose whole day is past the retention
+-- (at most batch_size of them a call), deletes expired records from the default partition, and
+-- creates the partitions of the next 7 days. Returns the partitions dropped, or that would be
+-- when dry_run (which changes nothing). A second run at once skips the step, as in 0007.
 CREATE OR REPLACE FUNCTION pgobs.maintain_audit(dry_run boolean, batch_size integer)
 RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cutoff timestamptz := now() - pgobs.trail_retention();
     part record;
     dropped bigint := 0;
 BEGIN
+    IF NOT dry_run AND NOT pg_try_advisory_xact_lock(2024061503, 2) THEN
+        RETURN 0;  -- another run is at it
+    END IF;
+    IF NOT dry_run THEN
+        PERFORM pgobs.trail_partition((now() AT TIME ZONE 'UTC')::date + d)
+        FROM generate_series(0, 7) AS d;
+    END IF;
+    IF cutoff IS NULL THEN
+        RETURN 0;  -- audit_retention NULL: kept for ever
+    END IF;
     FOR part IN
         SELECT c.relname
         FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
@@ -190,8 +200,6 @@ BEGIN
     IF NOT dry_run THEN
         DELETE FROM pgobs.trail_default WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM pgobs.trail_default WHERE at < cutoff LIMIT greatest(batch_size, 1)));
-        PERFORM pgobs.trail_partition((now() AT TIME ZONE 'UTC')::date + d)
-        FROM generate_series(0, 7) AS d;
     END IF;
     RETURN dropped;
 END;

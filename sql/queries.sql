@@ -566,6 +566,55 @@ SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
 -- The leader reads on: writers may skip NOTIFY.
 SELECT pg_advisory_unlock_all()
 
+-- name: run_maintenance
+-- Every retention step of migration 0007, in one transaction; one row of what each removed.
+SELECT events, audit, listeners, dlq, cache, dedup, extract(epoch FROM took)::float8 AS took_s
+FROM pgobs.run_maintenance(%(dry_run)s, %(batch_size)s)
+
+-- name: maintenance_plan
+-- Whether the leading listener runs maintenance itself (pg_cron does not), and how often.
+SELECT pgobs.setting('maintenance_runner'),
+       extract(epoch FROM pgobs.setting_interval('maintenance_interval'))::float8
+
+-- name: set_maintenance_runner
+UPDATE pgobs.settings SET value = %(runner)s WHERE key = 'maintenance_runner'
+
+-- name: cron_database
+-- The database pg_cron runs its jobs from; NULL when the pg_cron library is not loaded.
+SELECT current_setting('cron.database_name', true), current_database()
+
+-- name: cron_installed
+SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron')
+
+-- name: cron_schedule
+-- By name: scheduling the same name again replaces its schedule and command (idempotent).
+SELECT cron.schedule_in_database(%(job)s, %(schedule)s, %(command)s, %(database)s)
+
+-- name: cron_job
+SELECT jobid, schedule FROM cron.job WHERE jobname = %(job)s AND username = current_user
+
+-- name: cron_unschedule
+SELECT cron.unschedule(%(jobid)s)
+
+-- name: fleet_gauges
+-- The fleet-wide gauges (pgobs.observability.fleet), read once per interval by a leading
+-- listener or by `pgobs metrics`: rows of (kind, name, state, value, age in seconds).
+-- jobs: per observer and state, with the oldest job's age; dlq: dead letters per observer;
+-- heartbeat: the age of the newest heartbeat of each listener id's candidates that have not
+-- stopped (it grows when all of them died); lag: each leader's last reported lag in seconds.
+-- Only tables pgobs_operator may read, so `pgobs metrics` works with that role.
+SELECT 'jobs', observer, state, count(*)::float8,
+       extract(epoch FROM now() - min(created_at))::float8
+FROM pgobs.jobs GROUP BY observer, state
+UNION ALL
+SELECT 'dlq', observer, '', count(*)::float8, 0 FROM pgobs.dlq GROUP BY observer
+UNION ALL
+SELECT 'heartbeat', listener_id, '', extract(epoch FROM now() - max(last_heartbeat))::float8, 0
+FROM pgobs.listeners WHERE state <> 'stopped' GROUP BY listener_id
+UNION ALL
+SELECT 'lag', listener_id, '', max(lag_seconds), 0
+FROM pgobs.listeners WHERE is_leader AND state <> 'stopped' GROUP BY listener_id
+
 -- name: search_trail
 -- pgobs search: {where} is the query, translated by pgobs.search.to_sql (parameters p0, p1,
 -- ...); the time bound lets the planner skip every partition before it. Newest first.
@@ -580,8 +629,9 @@ ORDER BY t.at DESC, t.id DESC
 LIMIT %(limit)s
 
 -- name: trail_ship_lock
--- One shipper per fleet: the lock is held by the shipper's own session while it ships.
-SELECT pg_try_advisory_lock(2024061503, 1)
+-- One shipper per fleet: the lock is held by the shipper's own session while it ships (class
+-- 2024061504 is the trail's; 2024061503 is maintenance's, 0007).
+SELECT pg_try_advisory_lock(2024061504, 1)
 
 -- name: trail_ship_batch
 -- The next records to ship after the cursor, in (txid, id) order, only from transactions that

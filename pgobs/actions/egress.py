@@ -14,6 +14,8 @@ Two checks, so that neither a literal address nor DNS can route a delivery somew
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -78,6 +80,7 @@ class EgressPolicy:
 
 
 DEFAULT_EGRESS = EgressPolicy()
+_NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){0,3}")
 
 
 def literal_address(url: str) -> Address | None:
@@ -91,6 +94,17 @@ def literal_address(url: str) -> Address | None:
     try:
         return ip_address(host)
     except ValueError:
+        return _numeric_ipv4(host)
+
+
+def _numeric_ipv4(host: str) -> IPv4Address | None:
+    """The other spellings resolvers accept for an IPv4 address: one number (2852039166), hex or
+    octal parts (0xa9.0xfe.0xa9.0xfe, 0251.0376.0251.0376), fewer parts (169.254.43518)."""
+    if not host or not _NUMERIC_HOST.fullmatch(host):
+        return None
+    try:
+        return IPv4Address(socket.inet_aton(host))
+    except OSError:
         return None
 
 

@@ -88,7 +88,7 @@ class ActionExecutor:
         self.pool = pool
         self.http = http
         self.threads = threads
-        self._children: dict[str, tuple[Histogram, Counter]] = {}
+        self._children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._targets: dict[tuple[str, str], str] = {}
         # Found once per action: the lookup is on every job's path.
         self._specs: dict[tuple[str, str], object] = {}
@@ -141,8 +141,8 @@ class ActionExecutor:
         found = self._spec(call)
         kind = action_type(found[1]) if found else "unknown"
         timeout_ms = found[1].timeout_ms if found else 0
-        self._metrics(kind)[1].inc()
-        metrics.actions_failed.labels(kind, "transient").inc()
+        self._metrics(call.observer, kind)[1].inc()
+        metrics.actions_failed.labels(call.observer, kind, "transient").inc()
         return Failure(f"{kind} action timed out after {timeout_ms} ms", "transient")
 
     async def run(self, call: ActionCall) -> Failure | Delivered:
@@ -190,20 +190,25 @@ class ActionExecutor:
             else:
                 log.exception("%s action of %s raised", kind, call.observer)
                 failure = Failure(f"{kind} action raised {type(exc).__name__}: {exc}", "transient")
-        duration, executed = self._metrics(kind)
+        duration, executed = self._metrics(call.observer, kind)
         duration.observe(time.perf_counter() - started)
         executed.inc()
         if failure is not None:
-            metrics.actions_failed.labels(kind, failure.kind).inc()
+            metrics.actions_failed.labels(call.observer, kind, failure.kind).inc()
             return failure
         return Delivered(status_code)
 
-    def _metrics(self, kind: str) -> tuple[Histogram, Counter]:
-        """The labelled children for ``kind``, looked up once (labels() is costly per job)."""
-        found = self._children.get(kind)
+    def _metrics(self, observer: str, kind: str) -> tuple[Histogram, Counter]:
+        """The labelled children for ``observer``'s ``kind`` actions, looked up once (labels()
+        is costly per job). Observers come from the config, so the label set stays bounded."""
+        key = (observer, kind)
+        found = self._children.get(key)
         if found is None:
-            found = (metrics.action_duration.labels(kind), metrics.actions_executed.labels(kind))
-            self._children[kind] = found
+            found = (
+                metrics.action_duration.labels(observer, kind),
+                metrics.actions_executed.labels(observer, kind),
+            )
+            self._children[key] = found
         return found
 
     async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> int | None:

@@ -13,6 +13,8 @@ from cyclopts import App, Parameter
 
 from pgobs import __version__
 from pgobs.cli.dlq import app as dlq_app
+from pgobs.cli.maintenance import app as maintenance_app
+from pgobs.cli.metrics import app as metrics_app
 from pgobs.cli.search import ElasticsearchUrl
 from pgobs.cli.search import search as search_command
 from pgobs.cli.session import Dsn, with_connection
@@ -34,6 +36,8 @@ app = App(
 )
 
 app.command(dlq_app)
+app.command(maintenance_app)
+app.command(metrics_app)
 app.command(search_command, name="search")
 
 

@@ -1,5 +1,5 @@
-"""One LISTEN connection per process; channels ring doorbells that loops wait on (the
-listener's, on a thread of its own, through a doorbell that crosses threads).
+"""LISTEN connections whose channels ring doorbells that loops wait on: one for the worker's
+loop, one on the listener's own thread and loop.
 
 Notifications are wake-ups only: a lost one costs a poll interval, never an event. The
 connection reconnects in a loop; a broken server or network never kills the process.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable
 
 import anyio
 import anyio.lowlevel
@@ -82,23 +81,13 @@ class ThreadSafeDoorbell(Doorbell):
 
 
 class Notifier:
-    """``cross_thread`` names the channels whose waiter runs in another thread's event loop."""
+    """LISTENs on ``channels`` and rings their doorbells, for tasks of the loop it runs on."""
 
-    def __init__(
-        self, dsn: str, channels: tuple[str, ...], *, cross_thread: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, dsn: str, channels: tuple[str, ...]) -> None:
         self.dsn = dsn
-        shared = set(cross_thread)
-        self.doorbells = {
-            channel: ThreadSafeDoorbell() if channel in shared else Doorbell()
-            for channel in channels
-        }
+        self.doorbells = {channel: Doorbell() for channel in channels}
         self.connected = anyio.Event()
-
-    def close(self) -> None:
-        for bell in self.doorbells.values():
-            if isinstance(bell, ThreadSafeDoorbell):
-                bell.close()
+        self.up = False  # LISTENing now (read by /readyz from another thread)
 
     async def run(self) -> None:
         delay = 0.1
@@ -114,6 +103,7 @@ class Notifier:
                 for channel in self.doorbells:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 delay = 0.1
+                self.up = True
                 self.connected.set()
                 # Everything that happened while we were not listening: ring once.
                 for bell in self.doorbells.values():
@@ -125,5 +115,6 @@ class Notifier:
             except psycopg.Error as exc:
                 log.warning("notifier connection lost (%s); reconnecting", exc)
             finally:
+                self.up = False
                 with anyio.CancelScope(shield=True):
                     await conn.close()

@@ -72,6 +72,7 @@ class FanoutPlan:
     event_ids: list[int] = field(default_factory=list)
     refs: list[int] = field(default_factory=list)  # each job's action, by its catalog ref
     matched: dict[str, int] = field(default_factory=dict)  # observer -> jobs made for it
+    events_matched: dict[str, int] = field(default_factory=dict)  # observer -> events it matched
     audit: dict[str, list[Any]] = field(
         default_factory=lambda: {name: [] for name in AUDIT_COLUMNS}
     )
@@ -116,4 +117,5 @@ def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
                     plan.event_ids.append(event.id)
                     plan.refs.append(ref)
                 plan.matched[obs.name] = plan.matched.get(obs.name, 0) + len(refs[obs.name])
+                plan.events_matched[obs.name] = plan.events_matched.get(obs.name, 0) + 1
     return plan

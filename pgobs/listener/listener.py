@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -33,6 +34,8 @@ from pgobs.db.sqlfiles import query
 from pgobs.errors import PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import ObserverIndex, plan_fanout
+from pgobs.listener.fleet import FleetPublisher
+from pgobs.listener.maintenance import LeaderMaintenance
 from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
 
@@ -112,11 +115,17 @@ class Listener:
         config: Config,
         doorbell: Doorbell,
         settings: ListenerSettings | None = None,
+        *,
+        jobs_written: Callable[[], object] | None = None,
     ) -> None:
         self.dsn = dsn
         self.settings = settings or ListenerSettings()
         self.index = ObserverIndex(config)
+        self.fleet = FleetPublisher(self.index.refs)
         self.doorbell = doorbell
+        # Called after a fan-out that wrote jobs, from the listener's thread: wakes a worker in
+        # this process without waiting for the NOTIFY to come back through the server.
+        self.jobs_written = jobs_written
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.state: State = "initializing"
         self.is_leader = False
@@ -276,9 +285,11 @@ class Listener:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wake.run)
+                tg.start_soon(LeaderMaintenance(self.dsn, self.settings.listener_id).run)
                 await self._fan_out_loop(conn, checkpoint, wake)
         except BaseExceptionGroup as group:
-            # WakeLock.run never raises: the loop's own error, for _candidate_loop to handle.
+            # WakeLock.run and LeaderMaintenance.run never raise: the loop's own error, for
+            # _candidate_loop to handle.
             raise group.exceptions[0] from None
 
     async def _fan_out_loop(self, conn: Connection, checkpoint: Checkpoint, wake: WakeLock) -> None:
@@ -364,11 +375,15 @@ class Listener:
         )
         checkpoint.snapshot, checkpoint.target = after
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
+        if plan.matched and self.jobs_written is not None:
+            self.jobs_written()
         self.events_processed += len(events)
         metrics.events_processed.labels(**self._labels).inc(len(events))
         metrics.listener_batch_bytes.observe(size)
         for observer, count in plan.matched.items():
             metrics.jobs_created.labels(observer).inc(count)
+        for observer, count in plan.events_matched.items():
+            metrics.events_matched.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
         return len(events)
 
@@ -397,6 +412,7 @@ class Listener:
                     metrics.listener_lag_events.labels(**self._labels).set(lag[0])
                     metrics.listener_lag_seconds.labels(**self._labels).set(lag[1])
                     await self._write_heartbeat(lag, conn)
+                    await self.fleet.tick(conn, leading=self.is_leader)
                 except Exception as exc:
                     log.warning("listener heartbeat failed (%s)", exc)
                     if conn is not None:

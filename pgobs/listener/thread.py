@@ -16,7 +16,7 @@ import threading
 
 import anyio
 
-from pgobs.db.notify import ThreadSafeDoorbell
+from pgobs.db.notify import Notifier, ThreadSafeDoorbell
 from pgobs.listener.listener import Listener
 
 
@@ -25,8 +25,11 @@ class ListenerThread:
     the thread has finished (its session closed, so the leader lock is free) and re-raises what
     ended it, if anything did (once: a second wait returns quietly)."""
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, notifier: Notifier) -> None:
+        """``notifier`` rings the listener's doorbell; it runs on this thread's loop too, so
+        wake-ups reach fan-out even while a handler holds the worker's loop."""
         self.listener = listener
+        self.notifier = notifier
         self._stop = ThreadSafeDoorbell()
         self._done = ThreadSafeDoorbell()
         self._error: BaseException | None = None
@@ -67,5 +70,6 @@ class ListenerThread:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(stop_when_asked)
+            tg.start_soon(self.notifier.run)
             await self.listener.run()
             tg.cancel_scope.cancel()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from pgobs.errors import PgobsError
+from pgobs.observability.fleet import FleetGauges
+from pgobs.observability.server import start_server
 
 events_processed = Counter(
     "observer_events_processed",
@@ -40,21 +42,28 @@ listener_batch_bytes = Histogram(
     buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6),
 )
 jobs_created = Counter("observer_jobs_created", "Jobs written by fan-out.", ["observer"])
+events_matched = Counter(
+    "observer_events_matched", "Events an observer matched (fanned out).", ["observer"]
+)
+fleet = FleetGauges()  # queue depth, dead letters, heartbeats: published by the leader only
+REGISTRY.register(fleet)
 event_processing_duration = Histogram(
     "observer_event_processing_duration_seconds",
     "Time to fan out one batch of events, per event.",
     buckets=(0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
 )
 actions_executed = Counter(
-    "observer_actions_executed", "Action runs that finished, any outcome.", ["action_type"]
+    "observer_actions_executed",
+    "Action runs that finished, any outcome.",
+    ["observer", "action_type"],
 )
 actions_failed = Counter(
-    "observer_actions_failed", "Action runs that failed.", ["action_type", "kind"]
+    "observer_actions_failed", "Action runs that failed.", ["observer", "action_type", "kind"]
 )
 action_duration = Histogram(
     "observer_action_duration_seconds",
     "How long actions take.",
-    ["action_type"],
+    ["observer", "action_type"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 dlq_moved = Counter("observer_dlq_moved", "Jobs moved to the dead-letter queue.", ["observer"])
@@ -104,9 +113,10 @@ search_sink_up = Gauge(
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Serve /metrics on ``port`` (in a daemon thread); a taken port is a one-line error."""
+    """Serve /metrics, /healthz and /readyz on ``port`` (in a daemon thread); a taken port is
+    a one-line error."""
     try:
-        start_http_server(port, addr=host)
+        start_server(port, host)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PgobsError(

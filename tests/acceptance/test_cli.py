@@ -24,6 +24,7 @@ COMMANDS = [
     ["dlq", "retry-all"],
     ["dlq", "stats"],
     ["dlq", "purge"],
+    ["metrics"],
 ]
 
 

@@ -487,6 +487,84 @@ def test_untrack_removes_every_trigger_of_a_tree(regions: str) -> None:
     assert scalar(regions, count) == 0
 
 
+def test_partitions_added_after_track_are_captured_whole(regions: str) -> None:
+    """A sub-partitioned partition created after `track` pairs its moves into UPDATEs, and a
+    partition created or attached later truncates with an event, like the first ones."""
+    execute(
+        regions,
+        "CREATE TABLE shipments_ap PARTITION OF shipments FOR VALUES IN ('jp', 'kr') "
+        "PARTITION BY LIST (region)",
+    )
+    execute(regions, "CREATE TABLE shipments_jp PARTITION OF shipments_ap FOR VALUES IN ('jp')")
+    execute(regions, "CREATE TABLE shipments_kr (id int, region text, state text)")
+    execute(regions, "ALTER TABLE shipments_kr ADD PRIMARY KEY (id, region)")
+    execute(regions, "ALTER TABLE shipments_ap ATTACH PARTITION shipments_kr FOR VALUES IN ('kr')")
+    execute(regions, "INSERT INTO shipments VALUES (1, 'jp', 'new')")
+    execute(regions, "UPDATE shipments_ap SET region = 'kr'")  # a move inside the new sub-tree
+    execute(regions, "TRUNCATE shipments_kr")
+    got = [(e["event_type"], e["entity_id"], e["data"]) for e in events(regions)]
+    assert got == [
+        ("INSERT", "1", {"id": 1, "region": "jp", "state": "new"}),
+        ("UPDATE", "1", {"id": 1, "region": "kr", "state": "new"}),
+        ("TRUNCATE", None, {"table": "public.shipments_kr"}),
+    ]
+
+
+def test_a_detached_partition_stops_emitting(regions: str) -> None:
+    execute(regions, "ALTER TABLE shipments DETACH PARTITION shipments_us")
+    execute(regions, "INSERT INTO shipments_us VALUES (1, 'us', 'new')")
+    execute(regions, "TRUNCATE shipments_us")
+    assert events(regions) == []
+    assert (
+        scalar(regions, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'shipments_us'::regclass")
+        == 0
+    )
+    execute(regions, "TRUNCATE shipments_eu")  # the tree keeps its own
+    assert [e["event_type"] for e in events(regions)] == ["TRUNCATE"]
+
+
+def test_a_table_tracked_on_its_own_cannot_join_a_tracked_tree(regions: str) -> None:
+    execute(
+        regions,
+        "CREATE TABLE shipments_fr (id int, region text, state text, PRIMARY KEY (id, region))",
+    )
+    execute(regions, "SELECT pgobs.track('shipments_fr')")
+    with pytest.raises(psycopg.errors.RaiseException, match="captured twice") as refused:
+        execute(regions, "ALTER TABLE shipments ATTACH PARTITION shipments_fr FOR VALUES IN ('fr')")
+    assert "untrack public.shipments_fr first" in (refused.value.diag.message_hint or "")
+    execute(regions, "SELECT pgobs.untrack('shipments_fr')")
+    execute(regions, "ALTER TABLE shipments ATTACH PARTITION shipments_fr FOR VALUES IN ('fr')")
+    execute(regions, "INSERT INTO shipments_fr VALUES (1, 'fr', 'new')")
+    assert [e["entity_type"] for e in events(regions)] == ["Shipment"]
+
+
+def test_tracking_arguments_survive_a_resync(dsn: str) -> None:
+    """Re-tracking after partition DDL keeps the entity type, key columns and operations the
+    tree was tracked with, whatever characters they hold."""
+    execute(
+        dsn,
+        'CREATE TABLE "Ventes" ("clé" int, "année" int, x text, PRIMARY KEY ("clé", "année")) '
+        'PARTITION BY RANGE ("année")',
+    )
+    execute(dsn, 'CREATE TABLE ventes_24 PARTITION OF "Ventes" FOR VALUES FROM (2024) TO (2025)')
+    execute(
+        dsn,
+        "SELECT pgobs.track('\"Ventes\"', 'Vente\\été', id_column => 'clé,année', "
+        "operations => ARRAY['INSERT', 'TRUNCATE'])",
+    )
+    before = fetch(dsn, "SELECT * FROM pgobs.tracked_arguments('\"Ventes\"')")
+    assert before == [("Vente\\été", "clé,année", ["INSERT", "TRUNCATE"])]
+    execute(dsn, 'CREATE TABLE ventes_25 PARTITION OF "Ventes" FOR VALUES FROM (2025) TO (2026)')
+    assert fetch(dsn, "SELECT * FROM pgobs.tracked_arguments('\"Ventes\"')") == before
+    execute(dsn, "INSERT INTO \"Ventes\" VALUES (7, 2025, 'a')")
+    execute(dsn, "UPDATE \"Ventes\" SET x = 'b'")  # not tracked: no event
+    execute(dsn, "TRUNCATE ventes_25")
+    assert [(e["entity_type"], e["event_type"], e["entity_id"]) for e in events(dsn)] == [
+        ("Vente\\été", "INSERT", "7,2025"),
+        ("Vente\\été", "TRUNCATE", None),
+    ]
+
+
 def test_session_settings_cannot_hide_changes_of_a_partitioned_table(regions: str) -> None:
     """Any role may set pgobs.* settings: a writer that imitates an UPDATE in progress or a
     TRUNCATE of the whole tree still gets its DELETE and TRUNCATE captured."""

@@ -301,3 +301,27 @@ def test_lag_counts_committed_events_not_yet_fanned_out(orders: str) -> None:
         pass
     assert lag() == (0, 0.0)
     assert scalar(orders, JOBS) == 6
+
+
+def test_a_fan_out_that_wrote_jobs_wakes_the_workers_of_its_process(orders: str) -> None:
+    """The in-process wake-up (one hop shorter than the NOTIFY's round trip through the server)
+    follows the batches that wrote jobs, and only those."""
+    config, _ = parse_config(ALL_ORDERS, "test")
+    assert config is not None
+    woken: list[int] = []
+    listener = Listener(
+        orders, config, Doorbell(), ListenerSettings(), jobs_written=lambda: woken.append(1)
+    )
+
+    async def one_batch() -> int:
+        conn = await connect(orders, autocommit=True)
+        try:
+            checkpoint = await listener._load_checkpoint(conn)
+            return await listener._fan_out_batch(conn, checkpoint)
+        finally:
+            await conn.close()
+
+    execute(orders, "SELECT pgobs.emit('Invoice', 'custom', '1', '{}')")  # no observer matches
+    assert anyio.run(one_batch) == 1 and woken == []
+    execute(orders, "INSERT INTO orders (status) VALUES ('new')")
+    assert anyio.run(one_batch) == 1 and woken == [1]

@@ -75,6 +75,11 @@ async def _deliver_to(url: str, policy: EgressPolicy) -> list[httpx.Request]:
         "http://169.254.169.254/latest/meta-data/iam/",
         "http://[fd00:ec2::254]/latest/meta-data/",
         "http://metadata.google.internal/computeMetadata/v1/",
+        # Spellings a resolver turns into 169.254.169.254 without DNS.
+        "http://2852039166/latest/meta-data/",
+        "http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/",
+        "http://0251.0376.0251.0376/latest/meta-data/",
+        "http://169.254.43518/latest/meta-data/",
     ],
 )
 async def test_a_metadata_target_is_refused_before_any_request(url: str) -> None:
@@ -127,6 +132,7 @@ observers:
       - {type: slack, webhook_url: "http://169.254.169.254/", message_template: x}
       - {type: webhook, name: b, url: "http://192.168.1.5/?k=v"}
       - {type: webhook, name: c, url: "http://127.0.0.1:9000/ok"}
+      - {type: webhook, name: d, url: "http://0xa9fea9fe/"}
 """
     config, issues = parse_config(text, "observers.yaml")
     assert config is not None
@@ -141,6 +147,10 @@ observers:
         "observers.yaml:8: warning: webhook url targets the private address 192.168.1.5: "
         "deliveries go inside the network (observers[0].actions[2].url) — if that is not "
         "intended, fix the URL or list the range in egress.deny",
+        "observers.yaml:10: warning: webhook url targets 169.254.169.254, which the egress "
+        "policy refuses: 169.254.169.254 is a link-local or cloud metadata address, refused "
+        "unless egress.allow lists it (observers[0].actions[4].url) — every delivery will fail; "
+        "if intended, add 169.254.169.254 to egress.allow",
     ]
 
 
