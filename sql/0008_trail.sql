@@ -95,6 +95,8 @@ CREATE INDEX trail_txid_id ON pgobs.trail (txid, id);
 -- Rows whose day has no partition yet (maintenance has not run for a week) land here rather
 -- than fail the statement that writes them; pgobs.trail_partition moves them out.
 CREATE TABLE pgobs.trail_default PARTITION OF pgobs.trail DEFAULT;
+COMMENT ON TABLE pgobs.trail_default IS
+    'trail records of days without a partition yet; pgobs.trail_partition(day) moves them out';
 
 -- An event's data as the trail keeps it: whole up to 8 kB, else its short top-level values
 -- (the fan-out calls it only for the big ones, and keeps the others as they are).
@@ -139,6 +141,8 @@ BEGIN
         EXECUTE format('CREATE TABLE pgobs.%I PARTITION OF pgobs.trail '
                        'FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
     END IF;
+    EXECUTE format('COMMENT ON TABLE pgobs.%I IS %L', name,
+                   'the trail records of ' || day || ' (UTC); dropped whole by maintain_audit');
     RETURN name;
 END;
 $$;
@@ -292,6 +296,10 @@ CREATE TABLE pgobs.trail_rejects (
     PRIMARY KEY (sink, trail_id)
 );
 CREATE INDEX trail_rejects_rejected_at ON pgobs.trail_rejects (rejected_at);
+COMMENT ON TABLE pgobs.trail_shipping IS
+    'per sink: the last trail record shipped, in (txid, id) order, and how many were shipped';
+COMMENT ON TABLE pgobs.trail_rejects IS
+    'trail records a sink rejected (a mapping conflict), with its error; skipped, not retried';
 
 -- The old audit rows, and its name as a view of the same kinds of record.
 INSERT INTO pgobs.trail (at, kind, status, event_id, observer, action_type, entity_type,
