@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -48,7 +49,8 @@ class Held:
     state: State = "claimed"
     stop: Callable[[], None] | None = None  # stops its run, when the lease is lost
     parked: Failure | None = None
-    started: float | None = None  # when its run started (anyio clock): its duration's start
+    # When its run started (time.monotonic: a thread's return calls finish outside anyio).
+    started: float | None = None
 
 
 class Completer:
@@ -97,7 +99,7 @@ class Completer:
             return False
         held.state = "started"
         held.stop = stop
-        held.started = anyio.current_time()
+        held.started = time.monotonic()
         self._starts[job.id] = (anyio.current_time() + record_in, job.attempt)
         if len(self._starts) == 1:
             self._ready.ring()  # the writer sets its timer for this start
@@ -118,7 +120,7 @@ class Completer:
             return  # lost meanwhile: the result is discarded
         duration_ms = None
         if held.started is not None:
-            duration_ms = (anyio.current_time() - held.started) * 1000
+            duration_ms = (time.monotonic() - held.started) * 1000
         held.state = "finished"
         held.stop = None
         self.finished += 1
