@@ -96,7 +96,7 @@ WITH s AS MATERIALIZED (
 )
 SELECT s.cur::text AS target, r.id, r.txid::text::bigint AS txid, r.entity_type, r.entity_id,
        r.event_type, r.data, r.old_data, r.changed_fields, r.tenant, r.actor, r.created_at,
-       r.size
+       r.idempotency_key, r.size
 FROM s LEFT JOIN LATERAL pgobs.read_events(
     s.prev, s.cur, %(txid)s::text::xid8, %(event_id)s, %(limit)s, %(max_bytes)s) AS r ON true
 
@@ -105,17 +105,52 @@ FROM s LEFT JOIN LATERAL pgobs.read_events(
 -- a job per matched action, trail records (every event of trail_event_ids with the observers
 -- it matched, and events an observer could not judge), the new checkpoint, and the jobs
 -- doorbell (delivered on commit).
--- Jobs come as (event id, action ref); each ref names a row of the actions' catalog, sent once.
-WITH new_jobs AS (
+-- Jobs come as (event id, action ref, gate); each ref names a row of the actions' catalog, sent
+-- once. A job with gate 0 is written; one with gate n only when dedup gate n passes: a 'check'
+-- gate claims its fingerprint in pgobs.dedup (new, or expired), unless Redis named a batch as
+-- its claimer (claimed_by) and that batch committed (its 'batch:' row); a 'free' gate was
+-- claimed in Redis by this batch; a 'skip' gate is a duplicate already. Fingerprints, jobs and
+-- checkpoint commit together, so a crash never keeps one without the others. Returns the
+-- skipped gates: (event id, observer, fingerprint) of every duplicate, for the trail.
+WITH gates AS MATERIALIZED (
+    SELECT * FROM unnest(%(gate_fingerprints)b::text[], %(gate_windows)b::float8[],
+                         %(gate_modes)b::text[], %(gate_claimed_by)b::text[],
+                         %(gate_event_ids)b::bigint[], %(gate_observers)b::text[])
+           WITH ORDINALITY AS g(fingerprint, window_s, mode, claimed_by, event_id, observer, n)
+), claimed AS (
+    INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
+    SELECT g.fingerprint, now() + make_interval(secs => g.window_s) FROM gates AS g
+    WHERE g.mode = 'check'
+      -- per gate, by primary key: a scan of every live fingerprint per batch cost 9x the fan-out
+      AND (g.claimed_by IS NULL
+           OR NOT EXISTS (SELECT FROM pgobs.dedup AS b
+                          WHERE b.fingerprint = 'batch:' || g.claimed_by
+                            AND b.expires_at > now()))
+    ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE d.expires_at <= now()
+    RETURNING d.fingerprint
+), passed AS (
+    SELECT g.n FROM gates AS g JOIN claimed AS c USING (fingerprint) WHERE g.mode = 'check'
+    UNION ALL
+    SELECT g.n FROM gates AS g WHERE g.mode = 'free'
+), batch AS (
+    -- This batch's Redis claims are trusted once it has committed (see pgobs/reliability/dedup).
+    INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
+    SELECT 'batch:' || %(batch_id)s::text, now() + make_interval(secs => %(batch_ttl_s)s::float8)
+    WHERE %(batch_id)s::text IS NOT NULL
+    ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
+), new_jobs AS (
     INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, priority,
                             max_attempts)
     SELECT j.event_id, a.observer, a.action, a.action_index, a.action_type, a.priority,
            a.max_attempts
-    FROM unnest(%(event_ids)b::bigint[], %(refs)b::int[]) WITH ORDINALITY AS j(event_id, ref, n)
+    FROM unnest(%(event_ids)b::bigint[], %(refs)b::int[], %(gates)b::int[])
+         WITH ORDINALITY AS j(event_id, ref, gate, n)
     JOIN unnest(%(observers)b::text[], %(actions)b::text[], %(action_indexes)b::int[],
                 %(action_types)b::text[], %(priorities)b::smallint[], %(max_attempts)b::int[])
          WITH ORDINALITY AS a(observer, action, action_index, action_type, priority,
                               max_attempts, ref) USING (ref)
+    WHERE j.gate = 0 OR j.gate IN (SELECT n FROM passed)
     ORDER BY j.n
     RETURNING event_id, observer
 ), audited AS (
@@ -146,8 +181,14 @@ WITH new_jobs AS (
         event_id = EXCLUDED.event_id, last_processed_at = EXCLUDED.last_processed_at,
         updated_at = now()
     RETURNING 1
+), rung AS (
+    SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
 )
-SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
+-- One row with NULLs when nothing was skipped: reading rung's count sends the doorbell always.
+SELECT s.event_id, s.observer, s.fingerprint
+FROM (SELECT count(*) FROM rung) AS r
+LEFT JOIN (SELECT g.event_id, g.observer, g.fingerprint FROM gates AS g
+           WHERE g.n NOT IN (SELECT n FROM passed)) AS s ON true
 
 -- name: notify_jobs
 SELECT pg_notify('pgobs_jobs', '')
@@ -513,20 +554,41 @@ SELECT observer FROM dead
 DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
 
 -- name: dlq_list
+-- Newest first, a page at a time; `after` keeps only those that failed since a moment.
 SELECT id, observer, coalesce(action, '#' || action_index) AS action, action_index, action_type,
-       event_id, attempts, error_kind, last_error, failed_at
+       event_id, event->>'entity_type' AS entity_type, event->>'entity_id' AS entity_id,
+       attempts, max_attempts, error_kind, last_error, failed_at
 FROM pgobs.dlq
-WHERE %(observer)s::text IS NULL OR observer = %(observer)s
+WHERE (%(observer)s::text IS NULL OR observer = %(observer)s)
+  AND (%(after)s::timestamptz IS NULL OR failed_at > %(after)s)
 ORDER BY failed_at DESC, id DESC
-LIMIT %(limit)s
+LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: dlq_show
 SELECT to_jsonb(d) FROM pgobs.dlq AS d WHERE d.id = %(id)s
 
+-- name: dlq_remove
+DELETE FROM pgobs.dlq WHERE id = %(id)s RETURNING id
+
+-- name: dlq_stats_by_error
+-- Dead letters grouped by their last error's first line (the same failure, whatever the job).
+SELECT error_kind, left(split_part(coalesce(last_error, ''), E'\n', 1), 200) AS error,
+       count(*), min(failed_at), max(failed_at)
+FROM pgobs.dlq
+GROUP BY 1, 2
+ORDER BY count(*) DESC, 2
+LIMIT %(limit)s
+
 -- name: dlq_select_ids
-SELECT id FROM pgobs.dlq
-WHERE %(observer)s::text IS NULL OR observer = %(observer)s
-ORDER BY id
+-- The dead letters to retry, and whether each is past its attempts: retried from the DLQ
+-- before and failed again, so its history counts more attempts than max_attempts allows
+-- (a retry needs --force then: something is still wrong).
+SELECT d.id, (SELECT count(*) FROM jsonb_array_elements(d.errors) AS e WHERE e ? 'attempt')
+             > d.max_attempts AS past_max
+FROM pgobs.dlq AS d
+WHERE (%(observer)s::text IS NULL OR d.observer = %(observer)s)
+  AND (%(id)s::bigint IS NULL OR d.id = %(id)s)
+ORDER BY d.id
 
 -- name: dlq_retry
 -- Back to the queue with fresh attempts (pgobs.retry_dead_letters in 0005: the operator role
@@ -565,6 +627,15 @@ SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
 -- name: release_wake_lock
 -- The leader reads on: writers may skip NOTIFY.
 SELECT pg_advisory_unlock_all()
+
+-- name: cache_get
+-- An enrichment cache entry, unless it has expired (maintenance deletes those).
+SELECT value FROM pgobs.cache WHERE key = %(key)s AND expires_at > now()
+
+-- name: cache_set
+INSERT INTO pgobs.cache (key, value, expires_at)
+VALUES (%(key)s, %(value)s::jsonb, now() + make_interval(secs => %(ttl_s)s))
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at
 
 -- name: run_maintenance
 -- Every retention step of migration 0007, in one transaction; one row of what each removed.
@@ -614,6 +685,82 @@ FROM pgobs.listeners WHERE state <> 'stopped' GROUP BY listener_id
 UNION ALL
 SELECT 'lag', listener_id, '', max(lag_seconds), 0
 FROM pgobs.listeners WHERE is_leader AND state <> 'stopped' GROUP BY listener_id
+
+-- name: status_listeners
+-- Listener instances for `pgobs status`: stopped ones too, so a listener id whose every
+-- instance stopped shows as one without a leader (pgobs.run_maintenance removes old rows).
+SELECT l.listener_id, l.instance_id, l.host, l.pid, l.state, l.is_leader,
+       extract(epoch FROM now() - l.last_heartbeat)::float8 AS heartbeat_age_s,
+       l.events_processed, l.started_at, l.lag_events, l.lag_seconds
+FROM pgobs.listeners AS l
+WHERE %(listener_id)s::text IS NULL OR l.listener_id = %(listener_id)s
+ORDER BY l.listener_id, l.is_leader DESC, l.state = 'stopped', l.started_at
+
+-- name: status_jobs
+-- Jobs per observer by state: ready (available), running (leased), retrying (scheduled: waiting
+-- out a backoff), and the age of the oldest.
+SELECT observer,
+       count(*) FILTER (WHERE state = 'available') AS ready,
+       count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'scheduled') AS retrying,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest_age_s
+FROM pgobs.jobs
+GROUP BY observer
+ORDER BY observer
+
+-- name: status_open_circuits
+-- Whole rows, so columns a later migration adds show up without a change here.
+SELECT to_jsonb(c) FROM pgobs.circuits AS c WHERE c.state <> 'closed' ORDER BY c.target
+
+-- name: debug_event
+SELECT id, entity_type, event_type, data, entity_id, old_data, changed_fields, tenant, actor,
+       created_at, txid::text::bigint AS txid
+FROM pgobs.events WHERE id = %(id)s
+
+-- name: debug_event_fanned_out
+-- Per listener id: whether its checkpoint has passed the event (see pgobs.checkpoints in 0004:
+-- visible in the snapshot, or within the slice being drained up to (last_txid, event_id)).
+SELECT c.listener_id,
+       pg_visible_in_snapshot(e.txid, c.snapshot)
+       OR (c.target IS NOT NULL AND pg_visible_in_snapshot(e.txid, c.target)
+           AND (e.txid, e.id) <= (c.last_txid, c.event_id)) AS fanned_out
+FROM pgobs.events AS e CROSS JOIN pgobs.checkpoints AS c
+WHERE e.id = %(id)s
+ORDER BY c.listener_id
+
+-- name: debug_event_jobs
+-- An operator's look at one event: jobs has no index on event_id (the hot paths never need
+-- one), so this scans the queue; fine for a debugging command, never run by workers.
+SELECT id, observer, coalesce(action, '#' || action_index) AS action, action_type, state,
+       attempts, max_attempts, run_at, locked_by, last_error, errors
+FROM pgobs.jobs WHERE event_id = %(id)s
+ORDER BY observer, action_index, id
+
+-- name: debug_event_dlq
+SELECT id, observer, coalesce(action, '#' || action_index) AS action, action_type, attempts,
+       max_attempts, error_kind, last_error, errors, failed_at
+FROM pgobs.dlq WHERE event_id = %(id)s
+ORDER BY observer, action_index, id
+
+-- name: debug_event_audit
+SELECT at, kind, status, observer, action_type, message, details
+FROM pgobs.audit WHERE event_id = %(id)s
+ORDER BY at, id
+
+-- name: trail_exists
+SELECT to_regclass('pgobs.trail') IS NOT NULL
+
+-- name: debug_event_trail
+-- Whole rows, so this reads the trail whatever columns it grows.
+SELECT to_jsonb(t) FROM pgobs.trail AS t WHERE t.event_id = %(id)s
+
+-- name: recent_events
+SELECT id, created_at, entity_type, entity_id, event_type
+FROM pgobs.events
+WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s)
+  AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
+ORDER BY id DESC
+LIMIT %(limit)s
 
 -- name: search_trail
 -- pgobs search: {where} is the query, translated by pgobs.search.to_sql (parameters p0, p1,

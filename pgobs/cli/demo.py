@@ -3,6 +3,7 @@ arriving at a local receiver, a failing endpoint whose job lands in the DLQ and 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from pgobs.cli.session import Dsn
 from pgobs.config.loader import parse_config
 from pgobs.config.report import ConfigInvalid
-from pgobs.db.connect import connect
+from pgobs.db.connect import connect, resolve_dsn
+from pgobs.db.embedded import stop_command
 from pgobs.db.migrate import migrate
 from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.errors import PgobsError
@@ -98,6 +101,24 @@ def serve(receiver: DemoReceiver) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def demo(*, dsn: Dsn = None) -> None:
+    """Show the whole path on a database of its own (pgobs_demo): a tracked table, inserts,
+    signed webhooks at a local receiver, a failing endpoint, the DLQ and a retry.
+
+    Everything it starts stops when it ends, except an embedded Postgres (used when no DSN is
+    given), which stays for later pgobs commands: the last line says how to stop it.
+    """
+    embedded = not (dsn or os.environ.get("PGOBS_DSN") or os.environ.get("DATABASE_URL"))
+    resolved = resolve_dsn(dsn)
+    anyio.run(lambda: run_demo(resolved))
+    print(f"the database {DEMO_DB} stays for you to look at (pgobs status, pgobs dlq list)")
+    if embedded:
+        print(
+            f"the embedded Postgres keeps running for later pgobs commands; stop it with: "
+            f"{stop_command()}"
+        )
 
 
 async def run_demo(server_dsn: str) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from cyclopts import Parameter
 
 from pgobs.cli.session import Dsn
-from pgobs.errors import PgobsError
+from pgobs.errors import BadOption
 
 if TYPE_CHECKING:
     from pgobs.trail.records import Record
@@ -56,7 +56,7 @@ def search(
     from pgobs.search import parse
 
     if not 1 <= limit <= 10_000:
-        raise PgobsError(f"--limit must be between 1 and 10000, got {limit}")
+        raise BadOption(f"--limit must be between 1 and 10000, got {limit}")
     window = _since(since)
     node = parse(query)
     if backend == "elasticsearch":
@@ -79,7 +79,7 @@ def _since(text: str) -> timedelta:
         return ALL_TIME
     seconds = parse_duration(text.strip())
     if seconds is None or seconds <= 0:
-        raise PgobsError(
+        raise BadOption(
             f"cannot read --since {text!r}", "give a duration such as 15m, 24h, 7d, or all"
         )
     return min(timedelta(seconds=seconds), ALL_TIME)
@@ -87,7 +87,7 @@ def _since(text: str) -> timedelta:
 
 def _es_url(url: str | None) -> str:
     if not url:
-        raise PgobsError(
+        raise BadOption(
             "--backend elasticsearch needs a server",
             "give --elasticsearch-url or set PGOBS_ELASTICSEARCH_URL",
         )

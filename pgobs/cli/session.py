@@ -11,15 +11,16 @@ import psycopg
 from cyclopts import Parameter
 
 from pgobs.db.connect import Connection, connect, resolve_dsn
-from pgobs.errors import PgobsError
+from pgobs.errors import ConnectionFailed, PgobsError
 
 T = TypeVar("T")
 
 Dsn = Annotated[
     str | None,
     Parameter(
-        env_var="PGOBS_DSN",
-        help="Postgres connection string. Without it and PGOBS_DSN: an embedded Postgres.",
+        env_var=["PGOBS_DSN", "DATABASE_URL"],
+        help="Postgres connection string (else PGOBS_DSN, else DATABASE_URL; without any: "
+        "an embedded Postgres).",
     ),
 ]
 
@@ -41,7 +42,9 @@ def with_connection(dsn: str | None, work: Callable[[Connection], Awaitable[T]])
                 "run pgobs migrate",
             ) from exc
         except psycopg.OperationalError as exc:
-            raise PgobsError(f"the database connection failed: {exc}", "check the server") from exc
+            raise ConnectionFailed(
+                f"the database connection failed: {exc}", "check the server"
+            ) from exc
         finally:
             await conn.close()
 

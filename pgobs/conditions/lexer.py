@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pgobs.errors import PgobsError
+from pgobs.errors import EXIT_CONFIGURATION, PgobsError
 
 __all__ = ["ConditionSyntaxError", "Token", "TokenKind", "tokenize"]
 
@@ -19,7 +19,7 @@ __all__ = ["ConditionSyntaxError", "Token", "TokenKind", "tokenize"]
 class ConditionSyntaxError(PgobsError):
     """A condition that cannot be compiled; ``position`` is the 0-based column of the culprit."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIGURATION
 
     def __init__(self, message: str, position: int) -> None:
         super().__init__(message)

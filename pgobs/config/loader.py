@@ -20,7 +20,9 @@ from pgobs.actions.specs import (
 )
 from pgobs.conditions import ConditionSyntaxError, compile_condition
 from pgobs.config.actions import parse_action
+from pgobs.config.dedup import parse_dedup
 from pgobs.config.egress import parse_egress
+from pgobs.config.enrich import parse_enrich
 from pgobs.config.fields import Fields
 from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
 from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
@@ -177,6 +179,8 @@ def _observer(
         if f.has("max_concurrency")
         else None
     )
+    dedup = parse_dedup(f)
+    enrich = parse_enrich(f)
     f.finish()
     return Observer(
         name=name,
@@ -191,6 +195,8 @@ def _observer(
         priority=priority,
         max_concurrency=max_concurrency,
         line=issues.line_of(path),
+        dedup=dedup,
+        enrich=enrich,
     )
 
 

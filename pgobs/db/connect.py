@@ -24,8 +24,9 @@ CONNECT_TIMEOUT_S = 5
 
 
 def resolve_dsn(dsn: str | None) -> str:
-    """The DSN to use: the option, else ``PGOBS_DSN``, else the embedded server's."""
-    chosen = dsn or os.environ.get("PGOBS_DSN")
+    """The DSN to use: the option, else ``PGOBS_DSN``, else ``DATABASE_URL`` (the name most
+    platforms set), else the embedded server's."""
+    chosen = dsn or os.environ.get("PGOBS_DSN") or os.environ.get("DATABASE_URL")
     if not chosen:
         chosen = embedded_dsn()
     try:
@@ -51,7 +52,7 @@ def connection_failed(dsn: str, exc: psycopg.Error) -> ConnectionFailed:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ConnectionFailed(
         f"cannot connect to Postgres at {_describe(dsn)}: {reason}",
-        "check --dsn or PGOBS_DSN and that the server is running",
+        "check --dsn, PGOBS_DSN or DATABASE_URL and that the server is running",
     )
 
 

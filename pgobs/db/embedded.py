@@ -28,7 +28,10 @@ def embedded_dsn() -> str:
         ) from exc
     pgdata = data_dir()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    print(f"pgobs: no --dsn or PGOBS_DSN; using the embedded Postgres in {pgdata}", file=sys.stderr)
+    print(
+        f"pgobs: no --dsn, PGOBS_DSN or DATABASE_URL; using the embedded Postgres in {pgdata}",
+        file=sys.stderr,
+    )
     try:
         server = pgserver.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]  # untyped re-export
     except Exception as exc:
@@ -38,3 +41,13 @@ def embedded_dsn() -> str:
         ) from exc
     uri: str = server.get_uri()
     return uri
+
+
+def stop_command() -> str:
+    """The command that stops the embedded Postgres (pgserver's own pg_ctl, on its data folder)."""
+    import pgserver
+
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    command = f"{pg_ctl} -D {data_dir()} stop"
+    # Started by root, pgserver runs the server as its own user, and pg_ctl refuses root.
+    return f"runuser -u pgserver -- {command}" if os.geteuid() == 0 else command

@@ -124,3 +124,27 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
                 "pick another --metrics-port, or 0 for none",
             ) from exc
         raise PgobsError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+
+
+# -- dedup and the enrichment cache (pgobs.reliability) ------------------------------------------
+dedup_skipped = Counter(
+    "observer_dedup_skipped", "Events an observer skipped as duplicates.", ["observer"]
+)
+dedup_store_up = Gauge(
+    "observer_dedup_store_up", "Whether the dedup fast path answers (1) or not (0).", ["store"]
+)
+dedup_fallback = Counter(
+    "observer_dedup_fallback",
+    "Fan-out batches whose fingerprints Postgres checked because Redis failed or was down.",
+    ["reason"],
+)
+cache_hits = Counter("observer_cache_hits", "Enrichment lookups answered by the cache.", ["lookup"])
+cache_misses = Counter(
+    "observer_cache_misses", "Enrichment lookups the cache could not answer.", ["lookup"]
+)
+lookup_duration = Histogram(
+    "observer_lookup_duration_seconds",
+    "Time to an enrichment lookup's result, cache included.",
+    ["lookup"],
+    buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+)

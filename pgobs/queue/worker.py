@@ -27,6 +27,9 @@ from pgobs.queue.jobs import Job, JobStore
 from pgobs.queue.maintenance import Maintenance
 from pgobs.queue.producer import Producer
 from pgobs.queue.runner import Runners
+from pgobs.reliability.cache import Cache, PostgresCache, RedisCache
+from pgobs.reliability.handlercache import cache as handler_cache
+from pgobs.reliability.redisconn import RedisSettings
 
 log = logging.getLogger("pgobs.queue")
 
@@ -41,6 +44,7 @@ class WorkerSettings:
     grace_s: float = 10.0
     max_prefetch: int = 0  # 0: chosen from concurrency
     max_held_bytes: int = 64 * 1024 * 1024  # event data held in memory, claimed or running
+    redis: RedisSettings | None = None  # the enrichment cache's store, when configured
     trail: bool = True  # record every outcome in pgobs.trail (off: only on_failure: log drops)
 
     @property
@@ -118,7 +122,11 @@ class WorkerPool:
             ) as http,
         ):
             store = JobStore(self.dsn, control, self.worker_id, s.lease_s, s.trail)
-            executor = ActionExecutor(self.config.observers, actions, http, self.threads)
+            cache_store = PostgresCache(actions)
+            redis_cache = RedisCache(s.redis, cache_store) if s.redis is not None else None
+            cache = Cache(redis_cache or cache_store)
+            executor = ActionExecutor(self.config.observers, actions, http, self.threads, cache)
+            handler_cache.activate(cache)
             completer = Completer(store, self.config, self.doorbell, self.faults)
             runners = Runners(
                 executor,
@@ -170,6 +178,10 @@ class WorkerPool:
                     await self._shut_down(store, completer)
                 service.cancel_scope.cancel()
             self.threads.close()
+            handler_cache.activate(None)
+            if redis_cache is not None:
+                with anyio.CancelScope(shield=True):
+                    await redis_cache.close()
 
     async def _shut_down(self, store: JobStore, completer: Completer) -> None:
         """Write every outcome, then hand back what never started, then leave the fleet."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from pgobs.errors import PgobsError
+from pgobs.errors import BadOption, ConnectionFailed, PgobsError
 from pgobs.search import to_es
 from pgobs.search.ast import Node
 from pgobs.trail.records import Record
@@ -189,7 +189,7 @@ def client(url: str) -> AsyncElasticsearch:
             retry_on_timeout=False,
         )
     except ValueError as exc:
-        raise PgobsError(
+        raise BadOption(
             f"cannot use the Elasticsearch URL {url!r}: {exc}",
             "give one like http://127.0.0.1:9200",
         ) from None
@@ -218,7 +218,7 @@ async def _search(url: str, body: dict[str, Any]) -> list[Record]:
     try:
         answer = await es.search(index=INDEX_PATTERN, ignore_unavailable=True, **body)
     except (Unreachable, ConnectionTimeout) as exc:
-        raise PgobsError(
+        raise ConnectionFailed(
             f"Elasticsearch at {url} is unreachable ({type(exc).__name__})",
             "start it (docker compose up elasticsearch) or search Postgres: --backend postgres",
         ) from None

@@ -24,6 +24,9 @@ COMMANDS = [
     ["dlq", "retry-all"],
     ["dlq", "stats"],
     ["dlq", "purge"],
+    ["dlq", "remove"],
+    ["status"],
+    ["debug-event"],
     ["metrics"],
 ]
 
@@ -52,11 +55,11 @@ def test_schema_missing_is_one_line(empty_dsn: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_validate_config_reports_lines_and_exits_1(tmp_path: Path) -> None:
+def test_validate_config_reports_lines_and_exits_4(tmp_path: Path) -> None:
     bad = tmp_path / "observers.yaml"
     bad.write_text("observers:\n  - name: a\n    entyty: Order\n    actions: [{type: log}]\n")
     result = run_pgobs(None, "validate-config", str(bad))
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert f"{bad}:3: error: unknown key 'entyty'" in result.stderr
     assert "did you mean 'entity'" in result.stderr
     good = tmp_path / "good.yaml"
@@ -87,13 +90,14 @@ def test_bad_options_are_one_line(args: list[str], message: str) -> None:
 
 def test_database_refusals_are_one_line(dsn: str, tmp_path: Path) -> None:
     execute(dsn, "CREATE TABLE plain (id int PRIMARY KEY)")
-    for args, message in [
-        (["track", "bad name!!"], "pgobs: error: cannot track 'bad name!!': "),
-        (["track", "pgobs.events"], "pgobs: error: cannot track 'pgobs.events': pgobs.track: "),
-        (["dlq", "purge", "--older-than", "999999999d"], "pgobs: error: the age '999999999d' is"),
+    for args, message, code in [
+        (["track", "bad name!!"], "pgobs: error: cannot track 'bad name!!': ", 1),
+        (["track", "pgobs.events"], "pgobs: error: cannot track 'pgobs.events': pgobs.track: ", 1),
+        (["track", "nowhere"], "pgobs: error: table 'nowhere' does not exist", 5),
+        (["dlq", "purge", "--older-than", "999999999d"], "pgobs: error: the age '999999999d'", 2),
     ]:
         result = run_pgobs(dsn, *args)
-        assert result.returncode == 1, result.stderr
+        assert result.returncode == code, result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith(message), line
 
@@ -110,7 +114,7 @@ def test_a_failing_migration_is_one_line_and_names_the_file(empty_dsn: str) -> N
 
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
     result = run_pgobs(None, "validate-config", str(tmp_path / "nope.yaml"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -132,7 +136,7 @@ def test_worker_refuses_a_config_with_unset_env(dsn: str, tmp_path: Path) -> Non
         "      - type: webhook\n        url_env: PGOBS_TEST_UNSET_URL\n"
     )
     result = run_pgobs(dsn, "worker", "--config", str(config), "--metrics-port", "0", timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "PGOBS_TEST_UNSET_URL" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -205,6 +209,6 @@ def test_track_cli(dsn: str) -> None:
     assert ok.returncode == 0, ok.stderr
     assert "tracking items as Item" in ok.stdout
     missing = run_pgobs(dsn, "track", "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 5  # not found
     assert "table 'nope' does not exist" in missing.stderr
     assert pgobs_env(dsn)["PGOBS_DSN"] == dsn

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ def check_output(stdout: str) -> None:
     assert "dead letter 1: obs-flaky after 3 attempts" in stdout
     assert "retried 1 dead letter(s)" in stdout
     assert "1 to /hooks/flaky after the retry, 0 left in the DLQ" in stdout
+    assert "the database pgobs_demo stays for you to look at" in stdout
 
 
 def test_demo_on_a_given_server(admin_dsn: str) -> None:
@@ -34,7 +37,7 @@ def test_demo_on_a_given_server(admin_dsn: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_demo_without_a_dsn_uses_the_embedded_postgres(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PGOBS_DSN"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PGOBS_DSN", "DATABASE_URL")}
     env["XDG_DATA_HOME"] = str(tmp_path)
     pgdata = tmp_path / "pgobs" / "pgdata"
     try:
@@ -42,6 +45,13 @@ def test_demo_without_a_dsn_uses_the_embedded_postgres(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"using the embedded Postgres in {pgdata}" in result.stderr
         check_output(result.stdout)
+        # The one thing left running is named, with the command that stops it; the command works.
+        last = result.stdout.strip().splitlines()[-1]
+        prefix = "the embedded Postgres keeps running for later pgobs commands; stop it with: "
+        assert last.startswith(prefix), last
+        assert (pgdata / "postmaster.pid").exists()
+        subprocess.run(shlex.split(last.removeprefix(prefix)), check=True, timeout=60)
+        assert not (pgdata / "postmaster.pid").exists()
     finally:
         stop_embedded(pgdata)
 

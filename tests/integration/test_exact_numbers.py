@@ -155,7 +155,7 @@ def test_dlq_show_prints_numbers_with_their_digits(dsn: str, tmp_path: Path) -> 
     finally:
         worker.stop()
     shown = [
-        run_pgobs(dsn, "dlq", "show", str(dead_id)).stdout
+        run_pgobs(dsn, "dlq", "show", str(dead_id), "--json").stdout
         for (dead_id,) in fetch(dsn, "SELECT id FROM pgobs.dlq ORDER BY event_id")
     ]
     assert '"total": 12345678901234567.89' in shown[0]

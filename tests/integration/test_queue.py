@@ -198,7 +198,7 @@ observers:
 
         listed = json.loads(run_pgobs(db, "dlq", "list", "--json").stdout)
         assert {d["observer"] for d in listed} == {"obs-webhook", "obs-bad", "obs-reject"}
-        shown = json.loads(run_pgobs(db, "dlq", "show", str(listed[0]["id"])).stdout)
+        shown = json.loads(run_pgobs(db, "dlq", "show", str(listed[0]["id"]), "--json").stdout)
         assert shown["event"]["data"]["status"] == "paid"
         stats = json.loads(run_pgobs(db, "dlq", "stats", "--by-observer", "--json").stdout)
         assert {s["observer"]: s["total"] for s in stats} == {
@@ -224,10 +224,10 @@ observers:
         purge = run_pgobs(db, "dlq", "purge", "--older-than", "1d", "--dry-run")
         assert "would delete 0 dead letter(s)" in purge.stdout
         bad_age = run_pgobs(db, "dlq", "purge", "--older-than", "soon")
-        assert bad_age.returncode == 1
+        assert bad_age.returncode == 2  # a bad option
         assert "cannot read the age 'soon'" in bad_age.stderr
         unknown = run_pgobs(db, "dlq", "show", "99999")
-        assert unknown.returncode == 1
+        assert unknown.returncode == 5  # not found
         assert "no dead letter with id 99999" in unknown.stderr
     finally:
         worker.stop()
