@@ -781,20 +781,34 @@ LIMIT %(limit)s
 SELECT pg_try_advisory_lock(2024061504, 1)
 
 -- name: trail_ship_batch
--- The next records to ship after the cursor, in (txid, id) order, only from transactions that
--- have ended (a record of an open one cannot be passed by the cursor), with the text full-text
--- search sees (pgobs.trail_text, the same on both backends).
+-- The next records to ship after the cursor, in (txid, id) order, with the text full-text
+-- search sees (pgobs.trail_text, the same on both backends). Only below the horizon: the
+-- oldest open transaction that is writing the trail now (it holds RowExclusiveLock on it or a
+-- partition), else the snapshot's xmax, so the cursor never passes a record still to commit.
+-- Not the snapshot's xmin: a long transaction of another database would stall shipping. (Every
+-- pgobs statement that writes the trail writes it in the statement that takes its xid.)
 WITH cursor AS MATERIALIZED (
     SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
     FROM pgobs.trail_shipping WHERE sink = %(sink)s
+), writers AS (
+    SELECT x.transactionid::text AS xid32
+    FROM pg_locks AS r JOIN pg_locks AS x ON x.locktype = 'transactionid' AND x.granted AND x.virtualtransaction = r.virtualtransaction AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.granted
+      AND r.relation IN (SELECT 'pgobs.trail'::regclass UNION ALL
+                         SELECT inhrelid FROM pg_inherits WHERE inhparent = 'pgobs.trail'::regclass)
+), horizon AS MATERIALIZED (
+    SELECT coalesce(
+        (SELECT min(o) FROM pg_snapshot_xip(s.snap) AS o
+         WHERE (o::text::numeric %% 4294967296)::text IN (SELECT xid32 FROM writers)),
+        pg_snapshot_xmax(s.snap)) AS xid
+    FROM (SELECT pg_current_snapshot() AS snap) AS s
 )
 SELECT t.txid::text AS txid, t.id, t.at, t.kind, t.status, t.event_id, t.job_id, t.entity_type,
        t.entity_id, t.event_type, t.tenant, t.actor, t.observer, t.observers, t.action,
        t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message, t.data,
        pgobs.trail_text(t.message, t.data) AS text
-FROM cursor AS c, pgobs.trail AS t
-WHERE (t.txid, t.id) > (c.txid, c.id)
-  AND t.txid < pg_snapshot_xmin(pg_current_snapshot())
+FROM cursor AS c, horizon AS h, pgobs.trail AS t
+WHERE (t.txid, t.id) > (c.txid, c.id) AND t.txid < h.xid
 ORDER BY t.txid, t.id
 LIMIT %(limit)s
 

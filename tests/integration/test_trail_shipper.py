@@ -13,9 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
+from pgobs.db.sqlfiles import query
 from pgobs.trail.elastic import index_for
 from pgobs.trail.shipper import Shipper, ShipperSettings
 from tests.support import execute, fetch, scalar
@@ -201,3 +203,25 @@ async def test_one_shipper_ships_and_shipping_again_overwrites(
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_only_an_open_trail_writer_holds_shipping_back(dsn: str) -> None:
+    """The cursor never passes a record still to commit, and a long transaction that writes no
+    trail (here, or in another database) does not stall shipping."""
+
+    def shippable() -> int:
+        return len(fetch(dsn, query("trail_ship_batch"), {"sink": "elasticsearch", "limit": 100}))
+
+    add_records(dsn, 1)
+    with psycopg.connect(dsn) as writer, psycopg.connect(dsn) as other:
+        other.execute("CREATE TEMP TABLE busy (a int)")
+        other.execute("INSERT INTO busy VALUES (1)")  # open, with an xid, writing no trail
+        add_records(dsn, 1)
+        assert shippable() == 2
+        writer.execute(
+            "INSERT INTO pgobs.trail (kind, status) VALUES ('action', 'delivered')"
+        )  # open
+        add_records(dsn, 1)  # committed, after the open writer's xid
+        assert shippable() == 2
+        writer.commit()
+        assert shippable() == 4
