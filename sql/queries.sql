@@ -171,6 +171,15 @@ WITH gates AS MATERIALIZED (
     LEFT JOIN (SELECT event_id, array_agg(DISTINCT observer) AS observers
                FROM new_jobs GROUP BY event_id) AS m ON m.event_id = e.id
     WHERE e.id = ANY(%(trail_event_ids)b::bigint[])
+), deduplicated AS (
+    -- A duplicate's record, when the trail is on (trail_event_ids names the batch's events).
+    INSERT INTO pgobs.trail (kind, status, event_id, entity_type, entity_id, event_type, tenant,
+                             actor, observer, message)
+    SELECT 'action', 'deduplicated', e.id, e.entity_type, e.entity_id, e.event_type, e.tenant,
+           e.actor, g.observer, 'a duplicate within the dedup window (' || g.fingerprint || ')'
+    FROM gates AS g JOIN pgobs.events AS e ON e.id = g.event_id
+    WHERE g.n NOT IN (SELECT n FROM passed)
+      AND g.event_id = ANY(%(trail_event_ids)b::bigint[])
 ), saved AS (
     INSERT INTO pgobs.checkpoints (listener_id, snapshot, target, last_txid, event_id,
                                    last_processed_at, updated_at)
