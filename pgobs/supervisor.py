@@ -37,6 +37,7 @@ class ProcessSettings:
     role: Role = "all"
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    elasticsearch_url: str | None = None  # ship the trail there (one shipper per fleet)
 
 
 async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> None:
@@ -87,6 +88,11 @@ async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> No
                 tg.start_soon(listener.wait)
             stopped = anyio.Event()
             tg.start_soon(_stop_on_signal, listener, pool, stopped)
+            if settings.elasticsearch_url:
+                from pgobs.trail.shipper import Shipper, ShipperSettings
+
+                shipper = Shipper(dsn, ShipperSettings(settings.elasticsearch_url))
+                tg.start_soon(shipper.run)
             if pool is not None:
                 # When a handler holds the loop, the watchdog's warning names what was running.
                 tg.start_soon(LoopWatch(pool.describe_running, loop="worker").run)

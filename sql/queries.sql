@@ -102,8 +102,9 @@ FROM s LEFT JOIN LATERAL pgobs.read_events(
 
 -- name: fan_out
 -- One batch's whole write, as one statement on the leader's session (atomic; one round trip):
--- a job per matched action, audit rows for events an observer could not judge, the new
--- checkpoint, and the jobs doorbell (delivered on commit).
+-- a job per matched action, trail records (every event of trail_event_ids with the observers
+-- it matched, and events an observer could not judge), the new checkpoint, and the jobs
+-- doorbell (delivered on commit).
 -- Jobs come as (event id, action ref, gate); each ref names a row of the actions' catalog, sent
 -- once. A job with gate 0 is written; one with gate n only when dedup gate n passes: a 'check'
 -- gate claims its fingerprint in pgobs.dedup (new, or expired), unless Redis named a batch as
@@ -151,13 +152,34 @@ WITH gates AS MATERIALIZED (
                               max_attempts, ref) USING (ref)
     WHERE j.gate = 0 OR j.gate IN (SELECT n FROM passed)
     ORDER BY j.n
+    RETURNING event_id, observer
 ), audited AS (
-    INSERT INTO pgobs.audit (kind, status, event_id, observer, entity_type, entity_id,
+    INSERT INTO pgobs.trail (kind, status, event_id, observer, entity_type, entity_id,
                              event_type, message)
     SELECT 'event', 'error', a.* FROM unnest(%(audit_event_ids)b::bigint[],
         %(audit_observers)b::text[], %(audit_entity_types)b::text[],
         %(audit_entity_ids)b::text[], %(audit_event_types)b::text[],
         %(audit_messages)b::text[]) AS a
+), trailed AS (
+    INSERT INTO pgobs.trail (at, kind, status, event_id, entity_type, entity_id, event_type,
+                             tenant, actor, observers, data)
+    SELECT e.created_at, 'event', CASE WHEN m.observers IS NULL THEN 'received' ELSE 'matched' END,
+           e.id, e.entity_type, e.entity_id, e.event_type, e.tenant, e.actor, m.observers,
+           CASE WHEN jsonb_typeof(e.data) = 'object' AND pg_column_size(e.data) <= 8192
+                THEN e.data ELSE pgobs.trail_data(e.data) END
+    FROM pgobs.events AS e
+    LEFT JOIN (SELECT event_id, array_agg(DISTINCT observer) AS observers
+               FROM new_jobs GROUP BY event_id) AS m ON m.event_id = e.id
+    WHERE e.id = ANY(%(trail_event_ids)b::bigint[])
+), deduplicated AS (
+    -- A duplicate's record, when the trail is on (trail_event_ids names the batch's events).
+    INSERT INTO pgobs.trail (kind, status, event_id, entity_type, entity_id, event_type, tenant,
+                             actor, observer, message)
+    SELECT 'action', 'deduplicated', e.id, e.entity_type, e.entity_id, e.event_type, e.tenant,
+           e.actor, g.observer, 'a duplicate within the dedup window (' || g.fingerprint || ')'
+    FROM gates AS g JOIN pgobs.events AS e ON e.id = g.event_id
+    WHERE g.n NOT IN (SELECT n FROM passed)
+      AND g.event_id = ANY(%(trail_event_ids)b::bigint[])
 ), saved AS (
     INSERT INTO pgobs.checkpoints (listener_id, snapshot, target, last_txid, event_id,
                                    last_processed_at, updated_at)
@@ -303,7 +325,9 @@ LEFT JOIN LATERAL (
 -- that does not come back was not ours any more (the lease lapsed and the job was rescued),
 -- and the caller discards that result. A start sets the attempt it is; completed jobs are
 -- deleted; retries wait in 'scheduled' with the error appended; dead letters move to the DLQ in
--- the statement that removes them; on_failure: log drops them into the audit trail.
+-- the statement that removes them. Each outcome is a record in pgobs.trail (with its status
+-- code and duration), when trail is on; on_failure: log drops always are (nothing else keeps
+-- them).
 WITH started AS (
     UPDATE pgobs.jobs AS j
     SET attempts = s.attempt, attempted_at = now()
@@ -313,9 +337,12 @@ WITH started AS (
     RETURNING j.id
 ), completed AS (
     DELETE FROM pgobs.jobs AS j
-    WHERE j.id = ANY(%(completed)s::bigint[]) AND j.locked_by = %(worker)s
+    USING unnest(%(completed)s::bigint[], %(completed_attempts)s::int[],
+                 %(completed_codes)s::int[], %(completed_ms)s::float8[]) AS c(id, attempt, code, ms)
+    WHERE j.id = c.id AND j.id = ANY(%(completed)s::bigint[]) AND j.locked_by = %(worker)s
       AND j.state = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, c.attempt,
+              c.code, c.ms
 ), retried AS (
     UPDATE pgobs.jobs AS j
     SET state = CASE WHEN r.delay_s > 0 THEN 'scheduled' ELSE 'available' END,
@@ -325,10 +352,12 @@ WITH started AS (
         errors = j.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'error', r.error, 'kind', 'transient', 'at', now()))
     FROM unnest(%(retry_ids)s::bigint[], %(retry_delays)s::float8[], %(retry_errors)s::text[],
-                %(retry_attempts)s::int[]) AS r(id, delay_s, error, attempt)
+                %(retry_attempts)s::int[], %(retry_codes)s::int[], %(retry_ms)s::float8[])
+         AS r(id, delay_s, error, attempt, code, ms)
     WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, r.attempt,
+              r.code, r.ms, j.run_at, r.error
 ), deferred AS (
     -- Its circuit is open: back to 'scheduled' until the probe time. One that did not run
     -- spends nothing (its claim is taken back too); one that ran and failed while the circuit
@@ -347,14 +376,16 @@ WITH started AS (
                 %(defer_attempts)s::int[]) AS d(id, delay_s, error, attempt)
     WHERE j.id = d.id AND j.id = ANY(%(defer_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.id
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, d.attempt,
+              j.run_at, coalesce(d.error, 'its circuit is open: waits for the probe') AS error
 ), failed AS (
     DELETE FROM pgobs.jobs AS j
     USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[],
-                 %(dead_attempts)s::int[]) AS r(id, error, kind, attempt)
+                 %(dead_attempts)s::int[], %(dead_codes)s::int[], %(dead_ms)s::float8[])
+         AS r(id, error, kind, attempt, code, ms)
     WHERE j.id = r.id AND j.id = ANY(%(dead_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.*, r.error, r.kind, r.attempt
+    RETURNING j.*, r.error, r.kind, r.attempt, r.code, r.ms
 ), dead AS (
     INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
                            payload, priority, attempts, max_attempts, last_error, error_kind,
@@ -371,15 +402,49 @@ WITH started AS (
 ), dropped AS (
     DELETE FROM pgobs.jobs AS j
     USING unnest(%(drop_ids)s::bigint[], %(drop_errors)s::text[], %(drop_kinds)s::text[],
-                 %(drop_attempts)s::int[]) AS r(id, error, kind, attempt)
+                 %(drop_attempts)s::int[], %(drop_codes)s::int[], %(drop_ms)s::float8[])
+         AS r(id, error, kind, attempt, code, ms)
     WHERE j.id = r.id AND j.id = ANY(%(drop_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
-    RETURNING j.id, j.event_id, j.observer, j.action_type, r.attempt, r.error, r.kind
-), audited AS (
-    INSERT INTO pgobs.audit (kind, status, event_id, observer, action_type, message, details)
-    SELECT 'action', 'failed', d.event_id, d.observer, d.action_type, d.error,
-           jsonb_build_object('attempts', d.attempt, 'error_kind', d.kind)
-    FROM dropped d
+    RETURNING j.id, j.event_id, j.observer, j.action, j.action_type, j.payload, r.attempt,
+              r.code, r.ms, r.error
+), outcomes AS (
+    SELECT 'delivered' AS status, id, event_id, observer, action, action_type, payload, attempt,
+           code, ms, NULL::timestamptz AS next_run_at, NULL::text AS message
+    FROM completed WHERE %(trail)s
+    UNION ALL
+    SELECT 'retried', id, event_id, observer, action, action_type, payload, attempt, code, ms,
+           run_at, error
+    FROM retried WHERE %(trail)s
+    UNION ALL
+    SELECT 'failed', id, event_id, observer, action, action_type, payload, attempt, code, ms,
+           NULL, error
+    FROM failed WHERE %(trail)s
+    UNION ALL
+    SELECT 'deferred', id, event_id, observer, action, action_type, payload, attempt, NULL,
+           NULL, run_at, error
+    FROM deferred WHERE %(trail)s
+    UNION ALL
+    SELECT 'dropped', id, event_id, observer, action, action_type, payload, attempt, code, ms,
+           NULL, error
+    FROM dropped
+), trailed AS (
+    -- The envelope from the event, or from the payload of a retried dead letter whose event
+    -- was purged.
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, status_code,
+                             duration_ms, next_run_at, message)
+    SELECT 'action', o.status, o.event_id, o.id,
+           coalesce(e.entity_type, o.payload ->> 'entity_type'),
+           coalesce(e.entity_id, o.payload ->> 'entity_id'),
+           coalesce(e.event_type, o.payload ->> 'event_type'),
+           coalesce(e.tenant, o.payload ->> 'tenant'), coalesce(e.actor, o.payload ->> 'actor'),
+           o.observer, o.action, o.action_type, o.attempt, o.code, o.ms, o.next_run_at, o.message
+    FROM outcomes AS o
+    LEFT JOIN LATERAL (
+        SELECT ev.entity_type, ev.entity_id, ev.event_type, ev.tenant, ev.actor
+        FROM pgobs.events AS ev WHERE ev.id = o.event_id LIMIT 1
+    ) AS e ON true
 )
 SELECT id, NULL::text FROM started
 UNION ALL SELECT id, NULL FROM completed
@@ -416,22 +481,31 @@ WITH failed AS (
         LIMIT 1000
         FOR UPDATE SKIP LOCKED))
     RETURNING j.*
+), dead AS (
+    INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                           payload, priority, attempts, max_attempts, last_error, error_kind, errors,
+                           created_at)
+    SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
+           coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                    f.payload, '{}'::jsonb),
+           f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'transient',
+           f.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', f.attempts, 'error', m.message, 'kind', 'transient', 'at', now(),
+               'worker', f.locked_by)),
+           f.created_at
+    FROM failed f
+    CROSS JOIN LATERAL (SELECT
+        'lease expired on the last attempt: the worker running it died or stalled' AS message) AS m
+    RETURNING job_id, event_id, observer, action, action_type, attempts, last_error, event
+), trailed AS (
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, message)
+    SELECT 'action', 'failed', d.event_id, d.job_id, d.event ->> 'entity_type',
+           d.event ->> 'entity_id', d.event ->> 'event_type', d.event ->> 'tenant',
+           d.event ->> 'actor', d.observer, d.action, d.action_type, d.attempts, d.last_error
+    FROM dead AS d WHERE %(trail)s
 )
-INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
-                       payload, priority, attempts, max_attempts, last_error, error_kind, errors,
-                       created_at)
-SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
-       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
-                f.payload, '{}'::jsonb),
-       f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'transient',
-       f.errors || jsonb_build_array(jsonb_build_object(
-           'attempt', f.attempts, 'error', m.message, 'kind', 'transient', 'at', now(),
-           'worker', f.locked_by)),
-       f.created_at
-FROM failed f
-CROSS JOIN LATERAL (SELECT
-    'lease expired on the last attempt: the worker running it died or stalled' AS message) AS m
-RETURNING observer
+SELECT observer FROM dead
 
 -- name: rescue_expired_jobs
 -- The other expired leases: the job is claimable again. One that had started spent its attempt
@@ -484,22 +558,31 @@ WITH gone AS (
         LIMIT 1000
         FOR UPDATE SKIP LOCKED))
     RETURNING j.*
+), dead AS (
+    INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
+                           payload, priority, attempts, max_attempts, last_error, error_kind, errors,
+                           created_at)
+    SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
+           coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
+                    f.payload, '{}'::jsonb),
+           f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'permanent',
+           f.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', f.attempts, 'error', m.message, 'kind', 'permanent', 'at', now())),
+           f.created_at
+    FROM failed f
+    CROSS JOIN LATERAL (SELECT 'action ' || coalesce(f.action, '#' || f.action_index)
+        || ' of observer ' || f.observer || ' is in no running worker''s config: it was removed or '
+        'renamed; restore it in observers.yaml, then pgobs dlq retry' AS message) AS m
+    RETURNING job_id, event_id, observer, action, action_type, attempts, last_error, event
+), trailed AS (
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, message)
+    SELECT 'action', 'failed', d.event_id, d.job_id, d.event ->> 'entity_type',
+           d.event ->> 'entity_id', d.event ->> 'event_type', d.event ->> 'tenant',
+           d.event ->> 'actor', d.observer, d.action, d.action_type, d.attempts, d.last_error
+    FROM dead AS d WHERE %(trail)s
 )
-INSERT INTO pgobs.dlq (job_id, event_id, observer, action, action_index, action_type, event,
-                       payload, priority, attempts, max_attempts, last_error, error_kind, errors,
-                       created_at)
-SELECT f.id, f.event_id, f.observer, f.action, f.action_index, f.action_type,
-       coalesce((SELECT to_jsonb(e) - 'txid' FROM pgobs.events e WHERE e.id = f.event_id),
-                f.payload, '{}'::jsonb),
-       f.payload, f.priority, f.attempts, f.max_attempts, m.message, 'permanent',
-       f.errors || jsonb_build_array(jsonb_build_object(
-           'attempt', f.attempts, 'error', m.message, 'kind', 'permanent', 'at', now())),
-       f.created_at
-FROM failed f
-CROSS JOIN LATERAL (SELECT 'action ' || coalesce(f.action, '#' || f.action_index)
-    || ' of observer ' || f.observer || ' is in no running worker''s config: it was removed or '
-    'renamed; restore it in observers.yaml, then pgobs dlq retry' AS message) AS m
-RETURNING observer
+SELECT observer FROM dead
 
 -- name: cache_invalidate
 DELETE FROM pgobs.cache WHERE key = ANY(%(keys)s)
@@ -891,3 +974,82 @@ UPDATE pgobs.jobs SET run_at = now()
 WHERE state = 'scheduled' AND run_at > now()
   AND observer || '/' || coalesce(action, '#' || action_index) = ANY(%(keys)s::text[])
 RETURNING id
+
+-- name: search_trail
+-- pgobs search: {where} is the query, translated by pgobs.search.to_sql (parameters p0, p1,
+-- ...); the time bound lets the planner skip every partition before it. Newest first.
+SELECT t.at, t.id, t.kind, t.status, t.event_id, t.job_id, t.entity_type, t.entity_id,
+       t.event_type, t.tenant, t.actor,
+       CASE WHEN t.observer IS NOT NULL THEN ARRAY[t.observer]
+            ELSE coalesce(t.observers, ARRAY[]::text[]) END AS observers,
+       t.action, t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message
+FROM pgobs.trail AS t
+WHERE t.at >= now() - %(since)s::interval AND {where}
+ORDER BY t.at DESC, t.id DESC
+LIMIT %(limit)s
+
+-- name: trail_ship_lock
+-- One shipper per fleet: the lock is held by the shipper's own session while it ships (class
+-- 2024061504 is the trail's; 2024061503 is maintenance's, 0007).
+SELECT pg_try_advisory_lock(2024061504, 1)
+
+-- name: trail_ship_batch
+-- The next records to ship after the cursor, in (txid, id) order, with the text full-text
+-- search sees (pgobs.trail_text, the same on both backends). Only below the horizon: the
+-- oldest open transaction that is writing the trail now (it holds RowExclusiveLock on it or a
+-- partition), else the snapshot's xmax, so the cursor never passes a record still to commit.
+-- Not the snapshot's xmin: a long transaction of another database would stall shipping. (Every
+-- pgobs statement that writes the trail writes it in the statement that takes its xid.)
+WITH cursor AS MATERIALIZED (
+    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
+    FROM pgobs.trail_shipping WHERE sink = %(sink)s
+), writers AS (
+    SELECT x.transactionid::text AS xid32
+    FROM pg_locks AS r JOIN pg_locks AS x ON x.locktype = 'transactionid' AND x.granted AND x.virtualtransaction = r.virtualtransaction AND r.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    WHERE r.locktype = 'relation' AND r.mode = 'RowExclusiveLock' AND r.granted
+      AND r.relation IN (SELECT 'pgobs.trail'::regclass UNION ALL
+                         SELECT inhrelid FROM pg_inherits WHERE inhparent = 'pgobs.trail'::regclass)
+), horizon AS MATERIALIZED (
+    SELECT coalesce(
+        (SELECT min(o) FROM pg_snapshot_xip(s.snap) AS o
+         WHERE (o::text::numeric %% 4294967296)::text IN (SELECT xid32 FROM writers)),
+        pg_snapshot_xmax(s.snap)) AS xid
+    FROM (SELECT pg_current_snapshot() AS snap) AS s
+)
+SELECT t.txid::text AS txid, t.id, t.at, t.kind, t.status, t.event_id, t.job_id, t.entity_type,
+       t.entity_id, t.event_type, t.tenant, t.actor, t.observer, t.observers, t.action,
+       t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message, t.data,
+       pgobs.trail_text(t.message, t.data) AS text
+FROM cursor AS c, horizon AS h, pgobs.trail AS t
+WHERE (t.txid, t.id) > (c.txid, c.id) AND t.txid < h.xid
+ORDER BY t.txid, t.id
+LIMIT %(limit)s
+
+-- name: trail_ship_advance
+-- After a bulk request: the cursor moves past the batch, and the documents Elasticsearch
+-- rejected are recorded (and not sent again).
+WITH rejected AS (
+    INSERT INTO pgobs.trail_rejects (sink, trail_id, at, error)
+    SELECT %(sink)s, r.id, r.at, r.error
+    FROM unnest(%(reject_ids)s::bigint[], %(reject_ats)s::timestamptz[],
+                %(reject_errors)s::text[]) AS r(id, at, error)
+    ON CONFLICT (sink, trail_id) DO UPDATE SET error = EXCLUDED.error, rejected_at = now()
+)
+INSERT INTO pgobs.trail_shipping (sink, txid, id, shipped, rejected, updated_at)
+VALUES (%(sink)s, %(txid)s::text::xid8, %(id)s, %(shipped)s, %(rejected)s, now())
+ON CONFLICT (sink) DO UPDATE
+SET txid = EXCLUDED.txid, id = EXCLUDED.id,
+    shipped = pgobs.trail_shipping.shipped + EXCLUDED.shipped,
+    rejected = pgobs.trail_shipping.rejected + EXCLUDED.rejected, updated_at = now()
+
+-- name: trail_ship_backlog
+-- Records not shipped yet (counted up to 1,000,000) and the age of the oldest.
+WITH cursor AS MATERIALIZED (
+    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
+    FROM pgobs.trail_shipping WHERE sink = %(sink)s
+), waiting AS (
+    SELECT t.at FROM cursor AS c, pgobs.trail AS t
+    WHERE (t.txid, t.id) > (c.txid, c.id)
+    LIMIT 1000000
+)
+SELECT count(*), coalesce(extract(epoch FROM now() - min(at)), 0)::float8 FROM waiting

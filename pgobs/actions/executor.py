@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgobs.actions.cache import invalidate
 from pgobs.actions.database import call_function
-from pgobs.actions.failures import ActionFailed, Failure
+from pgobs.actions.failures import ActionFailed, Delivered, Failure
 from pgobs.actions.mail import send_email
 from pgobs.actions.python import call_handler
 from pgobs.actions.slack import send_slack
@@ -153,8 +153,8 @@ class ActionExecutor:
         metrics.actions_failed.labels(call.observer, kind, "transient").inc()
         return Failure(f"{kind} action timed out after {timeout_ms} ms", "transient")
 
-    async def run(self, call: ActionCall) -> Failure | None:
-        """Run ``call``'s action; None on success, else the failure and its class.
+    async def run(self, call: ActionCall) -> Failure | Delivered:
+        """Run ``call``'s action: ``Delivered`` on success, else the failure and its class.
 
         The caller enforces ``timeout_s(call)``: one cancel scope per job cost more CPU than the
         rest of a no-op job's run together, so the queue keeps one per runner instead.
@@ -182,16 +182,17 @@ class ActionExecutor:
             )
         started = time.perf_counter()
         failure: Failure | None = None
+        status_code: int | None = None
         event = call.event
         try:
             lookups = found[0].enrich
             if lookups:
                 event = await self.enricher.enrich(lookups, event, call.observer)
-            await self._dispatch(spec, call, event)
+            status_code = await self._dispatch(spec, call, event)
         except LookupFailed as exc:
             failure = Failure(str(exc), "transient")
         except ActionFailed as exc:
-            failure = Failure(exc.message, exc.kind, exc.retry_after_s)
+            failure = Failure(exc.message, exc.kind, exc.retry_after_s, exc.status_code)
         except TemplateFailed as exc:
             failure = Failure(str(exc), "permanent")
         except Exception as exc:
@@ -208,7 +209,8 @@ class ActionExecutor:
         executed.inc()
         if failure is not None:
             metrics.actions_failed.labels(call.observer, kind, failure.kind).inc()
-        return failure
+            return failure
+        return Delivered(status_code)
 
     def _metrics(self, observer: str, kind: str) -> tuple[Histogram, Counter]:
         """The labelled children for ``observer``'s ``kind`` actions, looked up once (labels()
@@ -223,16 +225,17 @@ class ActionExecutor:
             self._children[key] = found
         return found
 
-    async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> None:
+    async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> int | None:
+        """Run the action; the HTTP status it got, for those that send a request."""
         if isinstance(spec, PythonSpec):  # first: the hot path of the benchmarks
             await call_handler(spec, event, self.threads, call.run_key)
-            return
+            return None
         context = _context(event, call)
         if isinstance(spec, WebhookSpec):
-            await send_webhook(self.http, spec, context, call.idempotency_key)
-        elif isinstance(spec, SlackSpec):
-            await send_slack(self.http, spec, context)
-        elif isinstance(spec, EmailSpec):
+            return await send_webhook(self.http, spec, context, call.idempotency_key)
+        if isinstance(spec, SlackSpec):
+            return await send_slack(self.http, spec, context)
+        if isinstance(spec, EmailSpec):
             await send_email(spec, context, call.idempotency_key)
         elif isinstance(spec, DatabaseSpec):
             await call_function(self.pool, spec, context["event"])
@@ -247,6 +250,7 @@ class ActionExecutor:
             await invalidate(self.cache, spec, context)
         else:
             assert_never(spec)
+        return None
 
 
 def _context(event: Event, call: ActionCall) -> dict[str, Any]:

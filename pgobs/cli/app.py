@@ -63,6 +63,11 @@ app.command(
     help="Circuit breakers, one per target, shared by every worker: list them, close one by hand.",
 )
 app.command(
+    "pgobs.cli.search:search",
+    name="search",
+    help="Search the trail of every event and outcome (Postgres or Elasticsearch).",
+)
+app.command(
     "pgobs.cli.metrics:app",
     name="metrics",
     help="Current metric values: from a worker's --metrics-port (--url), else the fleet-wide "
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     # httpx logs every request and pgserver every handle at INFO: noise for an operator.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The Elasticsearch transport logs each failed try with a traceback; pgobs says it once.
+    logging.getLogger("elastic_transport").setLevel(logging.CRITICAL)
     args = sys.argv[1:] if argv is None else argv
     try:
         _own_help(args)

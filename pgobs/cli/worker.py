@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import anyio
 from cyclopts import Parameter
 
+from pgobs.cli.search import ElasticsearchUrl
 from pgobs.cli.session import Dsn
 from pgobs.config.loader import load_config
 from pgobs.db.connect import resolve_dsn
@@ -41,6 +42,8 @@ def worker(
             "stays the truth and takes over while Redis is down.",
         ),
     ] = None,
+    trail: bool = True,
+    elasticsearch_url: ElasticsearchUrl = None,
     dsn: Dsn = None,
 ) -> None:
     """Run a worker process: a listener candidate and/or the action workers.
@@ -63,6 +66,11 @@ def worker(
         after this.
     grace_seconds
         On SIGTERM, how long running actions may take to finish before they are handed back.
+    trail
+        Record every event and outcome in pgobs.trail for pgobs search (--no-trail: only
+        fan-out errors and on_failure: log drops, which leave no other trace).
+    elasticsearch_url
+        Ship the trail to this Elasticsearch (one process of the fleet ships at a time).
     """
     if lease_seconds < 1:
         raise BadOption(f"--lease-seconds must be at least 1, got {lease_seconds:g}")
@@ -90,9 +98,15 @@ def worker(
             batch_size=batch_size,
             leader_stale_s=leader_stale_seconds,
             redis=redis,
+            trail=trail,
         ),
         worker=WorkerSettings(
-            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds, redis=redis
+            concurrency=concurrency,
+            lease_s=lease_seconds,
+            grace_s=grace_seconds,
+            redis=redis,
+            trail=trail,
         ),
+        elasticsearch_url=elasticsearch_url,
     )
     anyio.run(lambda: run_process(resolved, loaded, settings))

@@ -66,6 +66,7 @@ class ListenerSettings:
     open_writer_warn_s: float = 60.0  # warn about a transaction holding events back this long
     leader_stale_s: float = 3.0  # a leader whose fan-out loop was silent this long is fenced out
     redis: RedisSettings | None = None  # dedup's fast path, when configured
+    trail: bool = True  # record every event, and the observers it matched, in pgobs.trail
 
     def __post_init__(self) -> None:
         # The loop beats every quarter of leader_stale_s at most; it must come round that often
@@ -376,6 +377,7 @@ class Listener:
             query("fan_out"),
             {
                 **plan.params(),
+                "trail_event_ids": [event.id for event in events] if self.settings.trail else [],
                 "listener_id": self.settings.listener_id,
                 "snapshot": after[0],
                 "target": after[1],

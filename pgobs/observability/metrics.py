@@ -90,6 +90,27 @@ leader_fenced = Counter(
     ["listener_id"],
 )
 
+search_sink_backlog = Gauge(
+    "observer_search_sink_backlog",
+    "Trail records not shipped to Elasticsearch yet (counted up to 1,000,000).",
+)
+search_sink_backlog_age_seconds = Gauge(
+    "observer_search_sink_backlog_age_seconds",
+    "Age of the oldest trail record not shipped to Elasticsearch yet (0: none waits).",
+)
+search_sink_shipped = Counter(
+    "observer_search_sink_shipped",
+    "Trail records indexed in Elasticsearch by this process.",
+)
+search_sink_rejected = Counter(
+    "observer_search_sink_rejected",
+    "Trail records Elasticsearch rejected (recorded in pgobs.trail_rejects and skipped).",
+)
+search_sink_up = Gauge(
+    "observer_search_sink_up",
+    "1 while this process ships the trail and Elasticsearch answers, 0 while it does not.",
+)
+
 
 circuit_state = Gauge(
     "observer_circuit_state",

@@ -188,7 +188,7 @@ class Runners:
         slot.deadline = anyio.current_time() + self.executor.timeout_s(job)
         slot.job = job
         try:
-            failure = await self.executor.run(job)
+            result = await self.executor.run(job)
         finally:
             slot.job = None
             self._busy[job.observer] -= 1
@@ -196,8 +196,9 @@ class Runners:
         slot.stopped = None  # finished after all (it swallowed the cancel)
         defer_s = None
         if board is not None and circuit is not None:
+            failure = result if isinstance(result, Failure) else None
             defer_s = board.record(circuit, job, failure)  # found once, before the run
-        self.completer.finish(job, failure, defer_s=defer_s)
+        self.completer.finish(job, result, defer_s=defer_s)
 
     def _record(self, job: Job, failure: Failure | None) -> float | None:
         """Count the call for its circuit; how long to defer it when the circuit is open."""

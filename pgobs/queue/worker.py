@@ -47,6 +47,7 @@ class WorkerSettings:
     max_prefetch: int = 0  # 0: chosen from concurrency
     max_held_bytes: int = 64 * 1024 * 1024  # event data held in memory, claimed or running
     redis: RedisSettings | None = None  # the enrichment cache's store, when configured
+    trail: bool = True  # record every outcome in pgobs.trail (off: only on_failure: log drops)
 
     @property
     def prefetch_cap(self) -> int:
@@ -124,7 +125,7 @@ class WorkerPool:
                 follow_redirects=False,
             ) as http,
         ):
-            store = JobStore(self.dsn, control, self.worker_id, s.lease_s)
+            store = JobStore(self.dsn, control, self.worker_id, s.lease_s, s.trail)
             cache_store = PostgresCache(actions)
             redis_cache = RedisCache(s.redis, cache_store) if s.redis is not None else None
             cache = Cache(redis_cache or cache_store)

@@ -22,7 +22,7 @@ from pgobs.db.connect import connect
 from pgobs.db.notify import Doorbell
 from pgobs.listener.listener import Checkpoint, Listener, ListenerSettings
 from pgobs.reliability.redisconn import redis_settings
-from tests.support import Receiver, Worker, execute, run_pgobs, scalar, wait_until
+from tests.support import Receiver, Worker, execute, fetch, run_pgobs, scalar, wait_until
 
 CONFIG = """
 observers:
@@ -131,6 +131,12 @@ def test_the_idempotency_key_of_emit_is_the_fingerprint(
         assert scalar(orders, "SELECT idempotency_key FROM pgobs.events WHERE id = 2") == (
             "order-1-paid"
         )
+        # The duplicate is in the trail (pgobs search 'status:deduplicated').
+        found = fetch(
+            orders,
+            "SELECT event_id, observer, entity_id FROM pgobs.trail WHERE status = 'deduplicated'",
+        )
+        assert sorted(found) == [(2, "obs-dedup", "1"), (2, "obs-keyed", "1")]
     finally:
         worker.stop()
 
