@@ -218,9 +218,14 @@ def bench_burndown(
 
 
 def bench_end_to_end(
-    admin_dsn: str, rows: int = 30_000, processes: int = 2, chunk: int = 500
+    admin_dsn: str,
+    rows: int = 30_000,
+    processes: int = 2,
+    chunk: int = 500,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """``rows`` inserted in a tracked table while listener and workers run."""
+    """``rows`` inserted in a tracked table while listener and workers run (``extra``: more
+    worker options, e.g. --no-trail)."""
     with fresh_db(admin_dsn, "pgobs_bench_e2e") as dsn, tempfile.TemporaryDirectory() as tmp:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE bench (id bigserial PRIMARY KEY, payload text)")
@@ -229,8 +234,8 @@ def bench_end_to_end(
         env = {"PGOBS_BENCH_N": str(rows // processes), "PGOBS_BENCH_OUT": str(out)}
         # One listener+worker process and the rest workers: each worker process counts its own
         # calls, so the first to reach its share writes the report; we then wait for the queue.
-        args = [["--role", "all", "--concurrency", "32"]] + [
-            ["--role", "worker", "--concurrency", "32"] for _ in range(processes - 1)
+        args = [["--role", "all", "--concurrency", "32", *extra]] + [
+            ["--role", "worker", "--concurrency", "32", *extra] for _ in range(processes - 1)
         ]
         with (
             workers(dsn, NOOP_CONFIG.format(handler="noop"), args, env) as check,

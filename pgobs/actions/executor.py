@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgobs.actions.cache import invalidate
 from pgobs.actions.database import call_function
-from pgobs.actions.failures import ActionFailed, Failure
+from pgobs.actions.failures import ActionFailed, Delivered, Failure
 from pgobs.actions.mail import send_email
 from pgobs.actions.python import call_handler
 from pgobs.actions.slack import send_slack
@@ -38,6 +38,9 @@ from pgobs.actions.webhook import send_webhook
 from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
+from pgobs.reliability.cache import Cache
+from pgobs.reliability.lookups import Enricher, LookupFailed
+from pgobs.reliability.specs import Lookup
 from pgobs.templates import TemplateFailed
 
 log = logging.getLogger("pgobs.actions")
@@ -72,6 +75,8 @@ class ObserverActions(Protocol):
     def name(self) -> str: ...
     @property
     def actions(self) -> tuple[ActionSpec, ...]: ...
+    @property
+    def enrich(self) -> tuple[Lookup, ...]: ...
     def action(self, name: str) -> ActionSpec | None: ...
     def action_keys(self) -> list[str]: ...
 
@@ -83,11 +88,14 @@ class ActionExecutor:
         pool: AsyncConnectionPool[Connection],
         http: httpx.AsyncClient,
         threads: ThreadRunner,
+        cache: Cache,
     ) -> None:
         self.observers = {obs.name: obs for obs in observers}
         self.pool = pool
         self.http = http
         self.threads = threads
+        self.cache = cache
+        self.enricher = Enricher(cache, http, pool)
         self._children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._targets: dict[tuple[str, str], str] = {}
         # Found once per action: the lookup is on every job's path.
@@ -145,8 +153,8 @@ class ActionExecutor:
         metrics.actions_failed.labels(call.observer, kind, "transient").inc()
         return Failure(f"{kind} action timed out after {timeout_ms} ms", "transient")
 
-    async def run(self, call: ActionCall) -> Failure | None:
-        """Run ``call``'s action; None on success, else the failure and its class.
+    async def run(self, call: ActionCall) -> Failure | Delivered:
+        """Run ``call``'s action: ``Delivered`` on success, else the failure and its class.
 
         The caller enforces ``timeout_s(call)``: one cancel scope per job cost more CPU than the
         rest of a no-op job's run together, so the queue keeps one per runner instead.
@@ -174,10 +182,17 @@ class ActionExecutor:
             )
         started = time.perf_counter()
         failure: Failure | None = None
+        status_code: int | None = None
+        event = call.event
         try:
-            await self._dispatch(spec, call, call.event)
+            lookups = found[0].enrich
+            if lookups:
+                event = await self.enricher.enrich(lookups, event, call.observer)
+            status_code = await self._dispatch(spec, call, event)
+        except LookupFailed as exc:
+            failure = Failure(str(exc), "transient")
         except ActionFailed as exc:
-            failure = Failure(exc.message, exc.kind, exc.retry_after_s)
+            failure = Failure(exc.message, exc.kind, exc.retry_after_s, exc.status_code)
         except TemplateFailed as exc:
             failure = Failure(str(exc), "permanent")
         except Exception as exc:
@@ -194,7 +209,8 @@ class ActionExecutor:
         executed.inc()
         if failure is not None:
             metrics.actions_failed.labels(call.observer, kind, failure.kind).inc()
-        return failure
+            return failure
+        return Delivered(status_code)
 
     def _metrics(self, observer: str, kind: str) -> tuple[Histogram, Counter]:
         """The labelled children for ``observer``'s ``kind`` actions, looked up once (labels()
@@ -209,16 +225,17 @@ class ActionExecutor:
             self._children[key] = found
         return found
 
-    async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> None:
+    async def _dispatch(self, spec: ActionSpec, call: ActionCall, event: Event) -> int | None:
+        """Run the action; the HTTP status it got, for those that send a request."""
         if isinstance(spec, PythonSpec):  # first: the hot path of the benchmarks
             await call_handler(spec, event, self.threads, call.run_key)
-            return
+            return None
         context = _context(event, call)
         if isinstance(spec, WebhookSpec):
-            await send_webhook(self.http, spec, context, call.idempotency_key)
-        elif isinstance(spec, SlackSpec):
-            await send_slack(self.http, spec, context)
-        elif isinstance(spec, EmailSpec):
+            return await send_webhook(self.http, spec, context, call.idempotency_key)
+        if isinstance(spec, SlackSpec):
+            return await send_slack(self.http, spec, context)
+        if isinstance(spec, EmailSpec):
             await send_email(spec, context, call.idempotency_key)
         elif isinstance(spec, DatabaseSpec):
             await call_function(self.pool, spec, context["event"])
@@ -230,13 +247,14 @@ class ActionExecutor:
             )
             log.log(logging.getLevelName(spec.level.upper()), "%s", message)
         elif isinstance(spec, CacheSpec):
-            await invalidate(self.pool, spec, context)
+            await invalidate(self.cache, spec, context)
         else:
             assert_never(spec)
+        return None
 
 
 def _context(event: Event, call: ActionCall) -> dict[str, Any]:
     """What templates see: the envelope's fields at the top, and ``event`` for the whole."""
     envelope = event.envelope()
     envelope["observer"] = call.observer
-    return {**envelope, "event": envelope, "attempt": call.attempt}
+    return {**envelope, "event": envelope, "attempt": call.attempt, "enrich": event.enrich or {}}

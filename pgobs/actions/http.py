@@ -36,8 +36,8 @@ async def deliver(
     egress: EgressPolicy,
     secrets: Iterable[str | None] = (),
     credential_url: bool = False,
-) -> None:
-    """Send the request; raise ``ActionFailed`` unless the answer is 2xx.
+) -> int:
+    """Send the request; return the status, or raise ``ActionFailed`` unless it is 2xx.
 
     ``secrets`` are values that must never appear in an error (header values, signing secrets);
     ``credential_url`` marks a URL that is itself a secret (a Slack webhook), shown as its origin.
@@ -70,13 +70,13 @@ async def deliver(
     except httpx.HTTPError as exc:
         raise ActionFailed(hidden.scrub(f"{shown} failed: {type(exc).__name__}: {exc}")) from None
     if 200 <= status < 300:
-        return
+        return status
     detail = f"{shown} answered {status}: " + hidden.scrub_prefix(excerpt, EXCERPT_CHARS)
     if status >= 500 or status in TRANSIENT_STATUSES:
-        raise ActionFailed(detail, "transient", retry)
+        raise ActionFailed(detail, "transient", retry, status_code=status)
     if 300 <= status < 400:
         detail += " (redirects are not followed: configure the final URL)"
-    raise ActionFailed(detail, "permanent")
+    raise ActionFailed(detail, "permanent", status_code=status)
 
 
 def _with_identity_encoding(headers: dict[str, str]) -> dict[str, str]:

@@ -11,13 +11,13 @@ from pgobs.actions.http import deliver
 from pgobs.actions.specs import SlackSpec
 
 
-async def send_slack(client: httpx.AsyncClient, spec: SlackSpec, context: dict[str, Any]) -> None:
+async def send_slack(client: httpx.AsyncClient, spec: SlackSpec, context: dict[str, Any]) -> int:
     message: dict[str, Any] = {"text": spec.message.render(context)}
     if spec.channel:
         message["channel"] = spec.channel
     if spec.username:
         message["username"] = spec.username
-    await deliver(
+    return await deliver(
         client,
         "POST",
         spec.webhook_url,

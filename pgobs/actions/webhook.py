@@ -26,7 +26,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 async def send_webhook(
     client: httpx.AsyncClient, spec: WebhookSpec, context: dict[str, Any], msg_id: str
-) -> None:
+) -> int:
     payload = spec.body.render(context) if spec.body else context["event"]
     body = jsoncodec.encode(payload)  # numbers keep their exact digits
     timestamp = int(time.time())
@@ -39,7 +39,7 @@ async def send_webhook(
     }
     if spec.signing_secret:
         headers["webhook-signature"] = sign(spec.signing_secret, msg_id, timestamp, body)
-    await deliver(
+    return await deliver(
         client,
         spec.method,
         spec.url,

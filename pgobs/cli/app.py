@@ -58,6 +58,16 @@ app.command(
     "listener rows and expired dedup and cache entries (pgobs.run_maintenance()).",
 )
 app.command(
+    "pgobs.cli.circuits:app",
+    name="circuits",
+    help="Circuit breakers, one per target, shared by every worker: list them, close one by hand.",
+)
+app.command(
+    "pgobs.cli.search:search",
+    name="search",
+    help="Search the trail of every event and outcome (Postgres or Elasticsearch).",
+)
+app.command(
     "pgobs.cli.metrics:app",
     name="metrics",
     help="Current metric values: from a worker's --metrics-port (--url), else the fleet-wide "
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     # httpx logs every request and pgserver every handle at INFO: noise for an operator.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # The Elasticsearch transport logs each failed try with a traceback; pgobs says it once.
+    logging.getLogger("elastic_transport").setLevel(logging.CRITICAL)
     args = sys.argv[1:] if argv is None else argv
     if not {"-h", "--help", "--version"} & set(args):  # help is cyclopts' own text
         from pgobs.cli.output import ShownControls

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import anyio
 from cyclopts import Parameter
 
+from pgobs.cli.search import ElasticsearchUrl
 from pgobs.cli.session import Dsn
 from pgobs.config.loader import load_config
 from pgobs.db.connect import resolve_dsn
@@ -15,6 +16,7 @@ from pgobs.errors import BadOption
 from pgobs.listener.listener import ListenerSettings
 from pgobs.observability.metrics import serve_metrics
 from pgobs.queue.worker import WorkerSettings
+from pgobs.reliability.redisconn import redis_settings
 from pgobs.supervisor import ProcessSettings, run_process
 
 
@@ -32,6 +34,16 @@ def worker(
     metrics_host: str = "127.0.0.1",
     lease_seconds: float = 30.0,
     grace_seconds: float = 10.0,
+    redis_url: Annotated[
+        str | None,
+        Parameter(
+            env_var="PGOBS_REDIS_URL",
+            help="Redis for dedup and the enrichment cache (redis://host:6379/0); Postgres "
+            "stays the truth and takes over while Redis is down.",
+        ),
+    ] = None,
+    trail: bool = True,
+    elasticsearch_url: ElasticsearchUrl = None,
     dsn: Dsn = None,
 ) -> None:
     """Run a worker process: a listener candidate and/or the action workers.
@@ -54,6 +66,11 @@ def worker(
         after this.
     grace_seconds
         On SIGTERM, how long running actions may take to finish before they are handed back.
+    trail
+        Record every event and outcome in pgobs.trail for pgobs search (--no-trail: only
+        fan-out errors and on_failure: log drops, which leave no other trace).
+    elasticsearch_url
+        Ship the trail to this Elasticsearch (one process of the fleet ships at a time).
     """
     if lease_seconds < 1:
         raise BadOption(f"--lease-seconds must be at least 1, got {lease_seconds:g}")
@@ -73,15 +90,23 @@ def worker(
     resolved = resolve_dsn(dsn)
     if metrics_port:
         serve_metrics(metrics_port, metrics_host)
+    redis = redis_settings(redis_url, resolved)
     settings = ProcessSettings(
         role=role,
         listener=ListenerSettings(
             listener_id=listener_id,
             batch_size=batch_size,
             leader_stale_s=leader_stale_seconds,
+            redis=redis,
+            trail=trail,
         ),
         worker=WorkerSettings(
-            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds
+            concurrency=concurrency,
+            lease_s=lease_seconds,
+            grace_s=grace_seconds,
+            redis=redis,
+            trail=trail,
         ),
+        elasticsearch_url=elasticsearch_url,
     )
     anyio.run(lambda: run_process(resolved, loaded, settings))

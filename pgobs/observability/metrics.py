@@ -90,6 +90,49 @@ leader_fenced = Counter(
     ["listener_id"],
 )
 
+search_sink_backlog = Gauge(
+    "observer_search_sink_backlog",
+    "Trail records not shipped to Elasticsearch yet (counted up to 1,000,000).",
+)
+search_sink_backlog_age_seconds = Gauge(
+    "observer_search_sink_backlog_age_seconds",
+    "Age of the oldest trail record not shipped to Elasticsearch yet (0: none waits).",
+)
+search_sink_shipped = Counter(
+    "observer_search_sink_shipped",
+    "Trail records indexed in Elasticsearch by this process.",
+)
+search_sink_rejected = Counter(
+    "observer_search_sink_rejected",
+    "Trail records Elasticsearch rejected (recorded in pgobs.trail_rejects and skipped).",
+)
+search_sink_up = Gauge(
+    "observer_search_sink_up",
+    "1 while this process ships the trail and Elasticsearch answers, 0 while it does not.",
+)
+
+
+circuit_state = Gauge(
+    "observer_circuit_state",
+    "This worker's view of a circuit: 0 closed, 1 half-open (one probe for the fleet), 2 open.",
+    ["target"],
+)
+circuit_deferred = Counter(
+    "observer_circuit_deferred",
+    "Jobs deferred to their circuit's probe time without spending an attempt.",
+    ["observer", "target"],
+)
+circuit_transitions = Counter(
+    "observer_circuit_transitions",
+    "Circuit state changes this worker made for the fleet (opened, probed, closed).",
+    ["target", "to"],
+)
+circuit_fast_fail = Counter(
+    "observer_circuit_fast_fail",
+    "Calls not made because their circuit was open or another worker was probing it.",
+    ["target"],
+)
+
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics, /healthz and /readyz on ``port`` (in a daemon thread); a taken port is
@@ -103,3 +146,27 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
                 "pick another --metrics-port, or 0 for none",
             ) from exc
         raise PgobsError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+
+
+# -- dedup and the enrichment cache (pgobs.reliability) ------------------------------------------
+dedup_skipped = Counter(
+    "observer_dedup_skipped", "Events an observer skipped as duplicates.", ["observer"]
+)
+dedup_store_up = Gauge(
+    "observer_dedup_store_up", "Whether the dedup fast path answers (1) or not (0).", ["store"]
+)
+dedup_fallback = Counter(
+    "observer_dedup_fallback",
+    "Fan-out batches whose fingerprints Postgres checked because Redis failed or was down.",
+    ["reason"],
+)
+cache_hits = Counter("observer_cache_hits", "Enrichment lookups answered by the cache.", ["lookup"])
+cache_misses = Counter(
+    "observer_cache_misses", "Enrichment lookups the cache could not answer.", ["lookup"]
+)
+lookup_duration = Histogram(
+    "observer_lookup_duration_seconds",
+    "Time to an enrichment lookup's result, cache included.",
+    ["lookup"],
+    buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+)

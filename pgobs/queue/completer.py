@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -20,7 +21,7 @@ from typing import Literal
 import anyio
 import psycopg
 
-from pgobs.actions.failures import Failure
+from pgobs.actions.failures import Delivered, Failure
 from pgobs.actions.threads import ThreadRunner
 from pgobs.config.model import Config
 from pgobs.db.notify import Doorbell
@@ -48,6 +49,8 @@ class Held:
     state: State = "claimed"
     stop: Callable[[], None] | None = None  # stops its run, when the lease is lost
     parked: Failure | None = None
+    # When its run started (time.monotonic: a thread's return calls finish outside anyio).
+    started: float | None = None
 
 
 class Completer:
@@ -96,6 +99,7 @@ class Completer:
             return False
         held.state = "started"
         held.stop = stop
+        held.started = time.monotonic()
         self._starts[job.id] = (anyio.current_time() + record_in, job.attempt)
         if len(self._starts) == 1:
             self._ready.ring()  # the writer sets its timer for this start
@@ -109,17 +113,33 @@ class Completer:
         await self.flush()
         return job.id in self.held
 
-    def finish(self, job: Job, failure: Failure | None) -> None:
-        """``job``'s run ended; its outcome is written with the next batch."""
+    def finish(
+        self, job: Job, result: Failure | Delivered | None, *, defer_s: float | None = None
+    ) -> None:
+        """``job``'s run ended; its outcome is written with the next batch. ``defer_s``: it
+        failed while its circuit is open, so it waits that long instead of retrying."""
         held = self.held.get(job.id)
         if held is None:
             return  # lost meanwhile: the result is discarded
+        duration_ms = None
+        if held.started is not None:
+            duration_ms = (time.monotonic() - held.started) * 1000
         held.state = "finished"
         held.stop = None
         self.finished += 1
         self._starts.pop(job.id, None)
         self._pending.starts.pop(job.id, None)
-        self._pending.outcomes[job.id] = self._outcome(job, failure)
+        self._pending.outcomes[job.id] = self._outcome(job, result, duration_ms, defer_s)
+        self._ready.ring()
+
+    def defer(self, job: Job, delay_s: float) -> None:
+        """``job`` did not run (its circuit is open): back in ``delay_s``, no attempt spent."""
+        held = self.held.get(job.id)
+        if held is None:
+            return
+        held.state = "finished"
+        self.finished += 1
+        self._pending.outcomes[job.id] = Outcome(job.id, job.attempt - 1, "defer", delay_s=delay_s)
         self._ready.ring()
 
     def park(self, job: Job, failure: Failure, threads: ThreadRunner) -> None:
@@ -153,18 +173,37 @@ class Completer:
             heapq.heappop(self._retries_due)
         return min(longest, self._retries_due[0] - now) if self._retries_due else longest
 
-    def _outcome(self, job: Job, failure: Failure | None) -> Outcome:
-        if failure is None:
-            return Outcome(job.id, job.attempt, "completed")
+    def _outcome(
+        self,
+        job: Job,
+        result: Failure | Delivered | None,
+        duration_ms: float | None,
+        defer_s: float | None,
+    ) -> Outcome:
+        if not isinstance(result, Failure):
+            code = result.status_code if result is not None else None
+            return Outcome(
+                job.id, job.attempt, "completed", status_code=code, duration_ms=duration_ms
+            )
+        failure = result
         message = _storable(failure.message)
+        code = failure.status_code
+        if defer_s is not None and failure.kind == "transient":
+            return Outcome(
+                job.id, job.attempt, "defer", message, "transient", defer_s, code, duration_ms
+            )
         obs = self.config.observer(job.observer)
         if obs is not None and failure.kind == "transient" and job.attempt < job.max_attempts:
             delay = retry_delay_s(obs.retry, job.attempt, failure.retry_after_s)
-            return Outcome(job.id, job.attempt, "retry", message, "transient", delay)
+            return Outcome(
+                job.id, job.attempt, "retry", message, "transient", delay, code, duration_ms
+            )
         if obs is not None and obs.on_failure == "log":
             log.warning("%s failed for good, dropped (on_failure: log): %s", job.observer, message)
-            return Outcome(job.id, job.attempt, "drop", message, failure.kind)
-        return Outcome(job.id, job.attempt, "dead", message, failure.kind)
+            return Outcome(
+                job.id, job.attempt, "drop", message, failure.kind, 0.0, code, duration_ms
+            )
+        return Outcome(job.id, job.attempt, "dead", message, failure.kind, 0.0, code, duration_ms)
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -251,7 +290,7 @@ class Completer:
             self._drop(job_id)
             if outcome.kind == "completed":
                 self.completed += 1
-            elif outcome.kind == "retry":
+            elif outcome.kind in ("retry", "defer"):
                 heapq.heappush(self._retries_due, now + outcome.delay_s)
         self.capacity.ring()
         if any(o.kind == "retry" for o in batch.outcomes.values()):

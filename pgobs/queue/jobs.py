@@ -61,14 +61,17 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a started job ended, as written: completed, retried, dead-lettered or dropped."""
+    """How a job ended, as written: completed, retried, dead-lettered, dropped, or deferred
+    while its circuit is open (``attempt`` is then the attempts it has spent)."""
 
     job_id: int
     attempt: int
-    kind: str  # completed | retry | dead | drop
+    kind: str  # completed | retry | dead | drop | defer
     error: str = ""
     error_kind: ErrorKind = "transient"
     delay_s: float = 0.0
+    status_code: int | None = None  # the HTTP answer, for actions that send a request
+    duration_ms: float | None = None  # how long the attempt ran (None: not known)
 
 
 @dataclass
@@ -98,19 +101,33 @@ class Batch:
             Batch(outcomes={i: o}) for i, o in self.outcomes.items()
         ]
 
-    def params(self, worker: str) -> dict[str, Any]:
-        by_kind: dict[str, list[Outcome]] = {"completed": [], "retry": [], "dead": [], "drop": []}
+    def params(self, worker: str, trail: bool = True) -> dict[str, Any]:
+        """The write_outcomes parameters; ``trail``: record every outcome in pgobs.trail (drops
+        are recorded either way: they leave no other trace)."""
+        by_kind: dict[str, list[Outcome]] = {
+            "completed": [],
+            "retry": [],
+            "dead": [],
+            "drop": [],
+            "defer": [],
+        }
         for outcome in self.outcomes.values():
             by_kind[outcome.kind].append(outcome)
         params: dict[str, Any] = {
             "worker": worker,
+            "trail": trail,
             "start_ids": list(self.starts),
             "start_attempts": list(self.starts.values()),
             "completed": [o.job_id for o in by_kind["completed"]],
+            "completed_attempts": [o.attempt for o in by_kind["completed"]],
             "retry_ids": [o.job_id for o in by_kind["retry"]],
             "retry_delays": [o.delay_s for o in by_kind["retry"]],
             "retry_errors": [o.error for o in by_kind["retry"]],
             "retry_attempts": [o.attempt for o in by_kind["retry"]],
+            "defer_ids": [o.job_id for o in by_kind["defer"]],
+            "defer_delays": [o.delay_s for o in by_kind["defer"]],
+            "defer_errors": [o.error or None for o in by_kind["defer"]],
+            "defer_attempts": [o.attempt for o in by_kind["defer"]],
         }
         for prefix in ("dead", "drop"):
             failures = by_kind[prefix]
@@ -118,6 +135,14 @@ class Batch:
             params[f"{prefix}_errors"] = [o.error for o in failures]
             params[f"{prefix}_kinds"] = [o.error_kind for o in failures]
             params[f"{prefix}_attempts"] = [o.attempt for o in failures]
+        for prefix, kind in (
+            ("completed", "completed"),
+            ("retry", "retry"),
+            ("dead", "dead"),
+            ("drop", "drop"),
+        ):
+            params[f"{prefix}_codes"] = [o.status_code for o in by_kind[kind]]
+            params[f"{prefix}_ms"] = [o.duration_ms for o in by_kind[kind]]
         return params
 
 
@@ -131,13 +156,19 @@ class Written:
 
 class JobStore:
     def __init__(
-        self, dsn: str, pool: AsyncConnectionPool[Connection], worker_id: str, lease_s: float
+        self,
+        dsn: str,
+        pool: AsyncConnectionPool[Connection],
+        worker_id: str,
+        lease_s: float,
+        trail: bool = True,
     ) -> None:
         self.dsn = dsn
         self._claim_conn: Connection | None = None
         self.pool = pool
         self.worker_id = worker_id
         self.lease_s = lease_s
+        self.trail = trail  # record every outcome in pgobs.trail
 
     async def claim(self, limit: int, known: Sequence[str]) -> list[Job]:
         """Claim up to ``limit`` due jobs whose ``observer/action`` is in ``known``, on the
@@ -169,7 +200,9 @@ class JobStore:
     async def write(self, batch: Batch) -> Written:
         """Write every start and outcome in one statement."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query("write_outcomes"), batch.params(self.worker_id))
+            cur = await conn.execute(
+                query("write_outcomes"), batch.params(self.worker_id, self.trail)
+            )
             rows = await cur.fetchall()
         return Written({row[0] for row in rows}, [row[1] for row in rows if row[1] is not None])
 
@@ -208,7 +241,7 @@ class JobStore:
         """Expired leases: dead-letter the jobs that were on their last attempt (or never get
         started), make the others claimable again. Returns (rescued, dead-lettered observers)."""
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(query("dead_letter_expired_jobs"))
+            cur = await conn.execute(query("dead_letter_expired_jobs"), {"trail": self.trail})
             dead = [row[0] for row in await cur.fetchall()]
             cur = await conn.execute(query("rescue_expired_jobs"))
             rescued = len(await cur.fetchall())
@@ -218,7 +251,9 @@ class JobStore:
         """Dead-letter jobs due for ``after_s`` whose action no live worker knows; returns their
         observers."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query("dead_letter_unknown_actions"), {"after_s": after_s})
+            cur = await conn.execute(
+                query("dead_letter_unknown_actions"), {"after_s": after_s, "trail": self.trail}
+            )
             return [row[0] for row in await cur.fetchall()]
 
 

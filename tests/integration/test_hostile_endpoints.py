@@ -207,7 +207,7 @@ observers:
         worker.stop()
     stored = "\n".join(
         row[0]
-        for table in ("jobs", "dlq", "audit")
+        for table in ("jobs", "dlq", "audit", "trail")
         for row in fetch(db, f"SELECT t::text FROM pgobs.{table} t")
     )
     logged = worker.output()

@@ -229,19 +229,24 @@ def test_each_step_removes_what_is_past_its_retention_and_dry_run_changes_nothin
     assert fetch(dsn, COUNTS, (False, 3)) == [(0, 0, 0, 4, 0, 0)]
 
 
-def test_audit_rows_past_their_retention_go_oldest_first(dsn: str) -> None:
-    """The 0007 audit step (0008 replaces it with the trail's partition drops)."""
+def test_the_trail_past_its_retention_goes_a_day_at_a_time(dsn: str) -> None:
+    """The audit step of 0008: whole partitions of pgobs.trail (tests/integration/test_trail.py
+    has the rest)."""
     execute(
         dsn,
         """
-        INSERT INTO pgobs.audit (kind, status, at)
-        SELECT 'event', 'error', now() - interval '91 days' FROM generate_series(1, 25);
-        INSERT INTO pgobs.audit (kind, status) VALUES ('event', 'error');
+        SELECT pgobs.trail_partition((now() AT TIME ZONE 'UTC')::date - 92);
+        INSERT INTO pgobs.trail (kind, status, at)
+        SELECT 'event', 'error', now() - interval '92 days' FROM generate_series(1, 25);
+        INSERT INTO pgobs.trail (kind, status) VALUES ('event', 'error');
         """,
     )
-    assert fetch(dsn, COUNTS, (True, 4)) == [(0, 25, 0, 0, 0, 0)]
-    assert fetch(dsn, COUNTS, (False, 4)) == [(0, 25, 0, 0, 0, 0)]
-    assert scalar(dsn, "SELECT count(*) FROM pgobs.audit") == 1
+    assert fetch(dsn, COUNTS, (True, 4)) == [(0, 1, 0, 0, 0, 0)]  # one partition
+    assert fetch(dsn, COUNTS, (False, 4)) == [(0, 1, 0, 0, 0, 0)]
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.trail") == 1
+    execute(dsn, "UPDATE pgobs.settings SET value = NULL WHERE key = 'audit_retention'")
+    execute(dsn, "SELECT pgobs.trail_partition((now() AT TIME ZONE 'UTC')::date - 400)")
+    assert fetch(dsn, COUNTS, (False, 4)) == [(0, 0, 0, 0, 0, 0)]  # NULL: kept for ever
 
 
 def test_without_every_listener_checkpointed_no_event_goes(dsn: str) -> None:

@@ -55,7 +55,7 @@ def test_fresh_database_migrates_and_second_run_is_a_noop(empty_dsn: str) -> Non
         "dedup",
         "cache",
         "circuits",
-        "audit",
+        "trail",
         "schema_migrations",
     }
 

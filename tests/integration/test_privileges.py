@@ -90,7 +90,7 @@ def test_the_application_role_emits_and_cannot_forge(orders: str) -> None:
     with login_role(orders, "pgobs_app") as app:
         execute(app, "SELECT pgobs.emit('User', 'signed_up', '7', '{\"plan\": \"pro\"}')")
         assert_cannot_forge(app)
-        for table in ("events", "jobs", "dlq", "audit"):
+        for table in ("events", "jobs", "dlq", "audit", "trail"):
             assert refused(app, f"SELECT * FROM pgobs.{table}") == "InsufficientPrivilege"
     assert scalar(orders, "SELECT array_agg(event_type) FROM pgobs.events") == ["signed_up"]
 

@@ -398,9 +398,10 @@ observers:
     assert "order 1 seen" in worker.output()
     assert scalar(db, "SELECT count(*) FROM pgobs.dlq") == 0  # on_failure: log drops it...
     status, message = fetch(
-        db, "SELECT status, message FROM pgobs.audit WHERE observer = 'obs-drop'"
+        db,
+        "SELECT status, message FROM pgobs.trail WHERE observer = 'obs-drop' AND kind = 'action'",
     )[0]
-    assert status == "failed" and "answered 404" in message  # ...into the audit trail
+    assert status == "dropped" and "answered 404" in message  # ...into the trail
 
 
 def test_429_honours_retry_after(db: str, receiver: Receiver, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The trail of every event and outcome: searching it, and shipping it to Elasticsearch."""
