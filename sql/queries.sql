@@ -777,7 +777,7 @@ FROM pgobs.dlq WHERE event_id = %(id)s
 ORDER BY observer, action_index, id
 
 -- name: debug_event_audit
-SELECT at, kind, status, observer, action_type, message, details
+SELECT at, kind, status, observer, action_type, message
 FROM pgobs.audit WHERE event_id = %(id)s
 ORDER BY at, id
 

@@ -89,7 +89,8 @@ def test_explains_each_observer_and_shows_the_jobs(dsn: str, tmp_path: Path) -> 
     (job,) = doc["jobs"]
     assert (job["observer"], job["state"], job["attempts"]) == ("every-order", "available", 0)
     assert doc["dlq"] == [] and doc["audit"] == []
-    assert doc["trail"] is None  # this database has no pgobs.trail
+    # 0008's trail: the event's own record (what matched is in it too)
+    assert [(t["kind"], t["event_id"]) for t in doc["trail"]][:1] == [("event", event_id)]
 
 
 def test_dead_letters_history_and_unknown_ids(dsn: str, tmp_path: Path) -> None:
