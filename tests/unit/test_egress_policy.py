@@ -80,6 +80,13 @@ async def _deliver_to(url: str, policy: EgressPolicy) -> list[httpx.Request]:
         "http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/",
         "http://0251.0376.0251.0376/latest/meta-data/",
         "http://169.254.43518/latest/meta-data/",
+        # Hosts the client reads differently from urllib: IDNA dots (U+3002, U+FF0E, U+FF61),
+        # a trailing root dot. Through an HTTP proxy this check is the only one.
+        "http://169\u3002254\u3002169\u3002254/latest/meta-data/",
+        "http://169\uff0e254\uff0e169\uff0e254/latest/meta-data/",
+        "http://metadata\uff61google\uff61internal/computeMetadata/v1/",
+        "http://metadata.google.internal./computeMetadata/v1/",
+        "http://169.254.169.254./latest/meta-data/",
     ],
 )
 async def test_a_metadata_target_is_refused_before_any_request(url: str) -> None:
