@@ -642,3 +642,8 @@ WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s)
   AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
 ORDER BY id DESC
 LIMIT %(limit)s
+
+-- name: wake_lock_alive
+-- Whether the wake-up lock's session still exists, after its socket turned readable (see
+-- WakeLock._hold): it raises when the server ended it.
+SELECT 1
