@@ -93,8 +93,10 @@ def literal_address(url: str) -> Address | None:
     root dot names the same host. Through a proxy this is the only check, so both must agree.
     """
     try:
-        host = httpx.URL(url).host
-    except httpx.InvalidURL:
+        # raw_host: the ASCII form the client connects to (.host decodes IDNA, and raises
+        # IDNAError, a ValueError, on an A-label it cannot decode).
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError):
         try:
             host = urlsplit(url).hostname or ""
         except ValueError:

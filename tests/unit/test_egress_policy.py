@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_network
 import httpx
 import pytest
 
-from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy
+from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy, literal_address
 from pgobs.actions.failures import ActionFailed
 from pgobs.actions.http import deliver
 from pgobs.config.loader import parse_config
@@ -173,3 +173,11 @@ observers:
     config, issues = parse_config(text, "observers.yaml")
     assert config is not None
     assert [i.message for i in issues if "private address" in i.message]
+
+
+def test_a_host_the_client_cannot_decode_is_no_literal_address() -> None:
+    """httpx's host raises IDNAError (not InvalidURL) for a bad A-label: reading it crashed the
+    egress check and validate-config with a traceback."""
+    assert literal_address("http://xn--169-.254.169.254/") is None
+    ideographic = "http://169\u3002254\u3002169\u3002254/"
+    assert literal_address(ideographic) == ip_address("169.254.169.254")
