@@ -31,6 +31,10 @@ class Event:
     actor: str | None = None
     created_at: datetime | None = None
     txid: int = 0
+    # Given to pgobs.emit by the application; an observer's dedup uses it when present.
+    idempotency_key: str | None = None
+    # The observer's enrichment lookups by name, filled in by the worker before the actions run.
+    enrich: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, event_id: int, doc: dict[str, Any]) -> Event:

@@ -20,7 +20,7 @@ import anyio
 
 from pgobs.config.model import Config
 from pgobs.db.migrate import ensure_migrated
-from pgobs.db.notify import EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
+from pgobs.db.notify import CIRCUITS_CHANNEL, EVENTS_CHANNEL, JOBS_CHANNEL, Notifier
 from pgobs.listener.listener import Listener, ListenerSettings
 from pgobs.listener.thread import ListenerThread
 from pgobs.observability.health import Check, readiness
@@ -41,10 +41,17 @@ class ProcessSettings:
 
 async def run_process(dsn: str, config: Config, settings: ProcessSettings) -> None:
     await ensure_migrated(dsn)
-    # Each loop hears its own channel: the pool's on the main loop, the listener's on its thread.
-    notifier = Notifier(dsn, (JOBS_CHANNEL,))
+    # Each loop hears its own channels: the pool's on the main loop (jobs, and circuits that
+    # another worker opened or closed), the listener's on its thread.
+    notifier = Notifier(dsn, (JOBS_CHANNEL, CIRCUITS_CHANNEL))
     pool = (
-        WorkerPool(dsn, config, notifier.doorbells[JOBS_CHANNEL], settings.worker)
+        WorkerPool(
+            dsn,
+            config,
+            notifier.doorbells[JOBS_CHANNEL],
+            settings.worker,
+            circuits_bell=notifier.doorbells[CIRCUITS_CHANNEL],
+        )
         if (settings.role in ("worker", "all"))
         else None
     )

@@ -96,7 +96,7 @@ WITH s AS MATERIALIZED (
 )
 SELECT s.cur::text AS target, r.id, r.txid::text::bigint AS txid, r.entity_type, r.entity_id,
        r.event_type, r.data, r.old_data, r.changed_fields, r.tenant, r.actor, r.created_at,
-       r.size
+       r.idempotency_key, r.size
 FROM s LEFT JOIN LATERAL pgobs.read_events(
     s.prev, s.cur, %(txid)s::text::xid8, %(event_id)s, %(limit)s, %(max_bytes)s) AS r ON true
 
@@ -104,17 +104,52 @@ FROM s LEFT JOIN LATERAL pgobs.read_events(
 -- One batch's whole write, as one statement on the leader's session (atomic; one round trip):
 -- a job per matched action, audit rows for events an observer could not judge, the new
 -- checkpoint, and the jobs doorbell (delivered on commit).
--- Jobs come as (event id, action ref); each ref names a row of the actions' catalog, sent once.
-WITH new_jobs AS (
+-- Jobs come as (event id, action ref, gate); each ref names a row of the actions' catalog, sent
+-- once. A job with gate 0 is written; one with gate n only when dedup gate n passes: a 'check'
+-- gate claims its fingerprint in pgobs.dedup (new, or expired), unless Redis named a batch as
+-- its claimer (claimed_by) and that batch committed (its 'batch:' row); a 'free' gate was
+-- claimed in Redis by this batch; a 'skip' gate is a duplicate already. Fingerprints, jobs and
+-- checkpoint commit together, so a crash never keeps one without the others. Returns the
+-- skipped gates: (event id, observer, fingerprint) of every duplicate, for the trail.
+WITH gates AS MATERIALIZED (
+    SELECT * FROM unnest(%(gate_fingerprints)b::text[], %(gate_windows)b::float8[],
+                         %(gate_modes)b::text[], %(gate_claimed_by)b::text[],
+                         %(gate_event_ids)b::bigint[], %(gate_observers)b::text[])
+           WITH ORDINALITY AS g(fingerprint, window_s, mode, claimed_by, event_id, observer, n)
+), claimed AS (
+    INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
+    SELECT g.fingerprint, now() + make_interval(secs => g.window_s) FROM gates AS g
+    WHERE g.mode = 'check'
+      -- per gate, by primary key: a scan of every live fingerprint per batch cost 9x the fan-out
+      AND (g.claimed_by IS NULL
+           OR NOT EXISTS (SELECT FROM pgobs.dedup AS b
+                          WHERE b.fingerprint = 'batch:' || g.claimed_by
+                            AND b.expires_at > now()))
+    ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    WHERE d.expires_at <= now()
+    RETURNING d.fingerprint
+), passed AS (
+    SELECT g.n FROM gates AS g JOIN claimed AS c USING (fingerprint) WHERE g.mode = 'check'
+    UNION ALL
+    SELECT g.n FROM gates AS g WHERE g.mode = 'free'
+), batch AS (
+    -- This batch's Redis claims are trusted once it has committed (see pgobs/reliability/dedup).
+    INSERT INTO pgobs.dedup AS d (fingerprint, expires_at)
+    SELECT 'batch:' || %(batch_id)s::text, now() + make_interval(secs => %(batch_ttl_s)s::float8)
+    WHERE %(batch_id)s::text IS NOT NULL
+    ON CONFLICT (fingerprint) DO UPDATE SET expires_at = EXCLUDED.expires_at
+), new_jobs AS (
     INSERT INTO pgobs.jobs (event_id, observer, action, action_index, action_type, priority,
                             max_attempts)
     SELECT j.event_id, a.observer, a.action, a.action_index, a.action_type, a.priority,
            a.max_attempts
-    FROM unnest(%(event_ids)b::bigint[], %(refs)b::int[]) WITH ORDINALITY AS j(event_id, ref, n)
+    FROM unnest(%(event_ids)b::bigint[], %(refs)b::int[], %(gates)b::int[])
+         WITH ORDINALITY AS j(event_id, ref, gate, n)
     JOIN unnest(%(observers)b::text[], %(actions)b::text[], %(action_indexes)b::int[],
                 %(action_types)b::text[], %(priorities)b::smallint[], %(max_attempts)b::int[])
          WITH ORDINALITY AS a(observer, action, action_index, action_type, priority,
                               max_attempts, ref) USING (ref)
+    WHERE j.gate = 0 OR j.gate IN (SELECT n FROM passed)
     ORDER BY j.n
 ), audited AS (
     INSERT INTO pgobs.audit (kind, status, event_id, observer, entity_type, entity_id,
@@ -133,8 +168,14 @@ WITH new_jobs AS (
         event_id = EXCLUDED.event_id, last_processed_at = EXCLUDED.last_processed_at,
         updated_at = now()
     RETURNING 1
+), rung AS (
+    SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
 )
-SELECT pg_notify('pgobs_jobs', '') FROM saved WHERE %(notify)s
+-- One row with NULLs when nothing was skipped: reading rung's count sends the doorbell always.
+SELECT s.event_id, s.observer, s.fingerprint
+FROM (SELECT count(*) FROM rung) AS r
+LEFT JOIN (SELECT g.event_id, g.observer, g.fingerprint FROM gates AS g
+           WHERE g.n NOT IN (SELECT n FROM passed)) AS s ON true
 
 -- name: notify_jobs
 SELECT pg_notify('pgobs_jobs', '')
@@ -288,6 +329,25 @@ WITH started AS (
     WHERE j.id = r.id AND j.id = ANY(%(retry_ids)s::bigint[])
       AND j.locked_by = %(worker)s AND j.state = 'running'
     RETURNING j.id
+), deferred AS (
+    -- Its circuit is open: back to 'scheduled' until the probe time. One that did not run
+    -- spends nothing (its claim is taken back too); one that ran and failed while the circuit
+    -- opened spent its attempt, which is written with its error, but is never dead-lettered
+    -- for it: it runs again once the target is back.
+    UPDATE pgobs.jobs AS j
+    SET state = 'scheduled', locked_by = NULL, leased_until = NULL, attempted_at = NULL,
+        attempts = d.attempt, run_at = now() + make_interval(secs => d.delay_s),
+        claims = CASE WHEN d.error IS NULL THEN greatest(j.claims - 1, 0) ELSE j.claims END,
+        last_error = coalesce(d.error, j.last_error),
+        errors = CASE WHEN d.error IS NULL THEN j.errors
+            ELSE j.errors || jsonb_build_array(jsonb_build_object(
+                'attempt', d.attempt, 'error', d.error, 'kind', 'transient', 'at', now(),
+                'deferred', true)) END
+    FROM unnest(%(defer_ids)s::bigint[], %(defer_delays)s::float8[], %(defer_errors)s::text[],
+                %(defer_attempts)s::int[]) AS d(id, delay_s, error, attempt)
+    WHERE j.id = d.id AND j.id = ANY(%(defer_ids)s::bigint[])
+      AND j.locked_by = %(worker)s AND j.state = 'running'
+    RETURNING j.id
 ), failed AS (
     DELETE FROM pgobs.jobs AS j
     USING unnest(%(dead_ids)s::bigint[], %(dead_errors)s::text[], %(dead_kinds)s::text[],
@@ -324,6 +384,7 @@ WITH started AS (
 SELECT id, NULL::text FROM started
 UNION ALL SELECT id, NULL FROM completed
 UNION ALL SELECT id, NULL FROM retried
+UNION ALL SELECT id, NULL FROM deferred
 UNION ALL SELECT job_id, observer FROM dead
 UNION ALL SELECT id, NULL FROM dropped
 
@@ -518,6 +579,15 @@ SELECT pg_advisory_lock(2024061502, 0), pg_notify('pgobs_events', '')
 -- The leader reads on: writers may skip NOTIFY.
 SELECT pg_advisory_unlock_all()
 
+-- name: cache_get
+-- An enrichment cache entry, unless it has expired (maintenance deletes those).
+SELECT value FROM pgobs.cache WHERE key = %(key)s AND expires_at > now()
+
+-- name: cache_set
+INSERT INTO pgobs.cache (key, value, expires_at)
+VALUES (%(key)s, %(value)s::jsonb, now() + make_interval(secs => %(ttl_s)s))
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at
+
 -- name: run_maintenance
 -- Every retention step of migration 0007, in one transaction; one row of what each removed.
 SELECT events, audit, listeners, dlq, cache, dedup, extract(epoch FROM took)::float8 AS took_s
@@ -642,6 +712,185 @@ WHERE (%(entity_type)s::text IS NULL OR entity_type = %(entity_type)s)
   AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
 ORDER BY id DESC
 LIMIT %(limit)s
+
+-- name: circuit_sync
+-- A worker's calls per circuit since its last report, added to the fleet's counts, and the
+-- state of every circuit it knows, in one round trip (about once a second, at once after a
+-- failure). The counts are a sliding window of two buckets (see 0009): the bucket before counts
+-- for the part of it still inside the window. A closed circuit opens when, in the window, at
+-- least min_requests calls were made and at least threshold of them failed; its probe time is
+-- open_s away. Rows are locked in target order, so concurrent reports never deadlock. A report
+-- for an open or half-open circuit adds nothing: those calls began before it opened. `tripped`
+-- says this report opened it (and NOTIFYs the fleet). Circuits met for the first time are
+-- created, closed.
+WITH r AS MATERIALIZED (
+    SELECT * FROM unnest(%(targets)s::text[], %(requests)s::int[], %(failures)s::int[],
+                         %(thresholds)s::float8[], %(min_requests)s::int[],
+                         %(window_s)s::float8[], %(open_s)s::float8[], %(errors)s::text[])
+         AS r(target, requests, failures, threshold, min_requests, window_s, open_s, error)
+), cur AS MATERIALIZED (
+    SELECT c.target, c.requests, c.failures, c.prev_requests, c.prev_failures, c.bucket_start
+    FROM pgobs.circuits AS c
+    WHERE c.target = ANY(%(targets)s::text[]) AND c.state = 'closed'
+    ORDER BY c.target
+    FOR UPDATE
+), rolled AS (
+    SELECT r.*, n.*
+    FROM cur AS c
+    JOIN r USING (target)
+    CROSS JOIN LATERAL (
+        SELECT extract(epoch FROM now() - c.bucket_start)::float8 / r.window_s AS age) AS a
+    CROSS JOIN LATERAL (SELECT
+        CASE WHEN a.age >= 2 THEN 0 WHEN a.age >= 1 THEN c.requests ELSE c.prev_requests END
+            AS new_prev_requests,
+        CASE WHEN a.age >= 2 THEN 0 WHEN a.age >= 1 THEN c.failures ELSE c.prev_failures END
+            AS new_prev_failures,
+        CASE WHEN a.age >= 1 THEN 0 ELSE c.requests END + r.requests AS new_requests,
+        CASE WHEN a.age >= 1 THEN 0 ELSE c.failures END + r.failures AS new_failures,
+        CASE WHEN a.age >= 2 THEN now()
+             WHEN a.age >= 1 THEN c.bucket_start + make_interval(secs => r.window_s)
+             ELSE c.bucket_start END AS new_bucket_start) AS n
+), judged AS (
+    SELECT k.*, k.failures > 0 AND w.requests >= k.min_requests AND w.requests > 0
+                AND w.failures >= k.threshold * w.requests AS trips
+    FROM rolled AS k
+    CROSS JOIN LATERAL (SELECT greatest(0.0, 1.0 - extract(epoch FROM now() - k.new_bucket_start)
+                                                   ::float8 / k.window_s) AS weight) AS x
+    CROSS JOIN LATERAL (SELECT k.new_requests + k.new_prev_requests * x.weight AS requests,
+                               k.new_failures + k.new_prev_failures * x.weight AS failures) AS w
+), updated AS (
+    UPDATE pgobs.circuits AS c
+    SET requests = j.new_requests, failures = j.new_failures,
+        prev_requests = j.new_prev_requests, prev_failures = j.new_prev_failures,
+        bucket_start = j.new_bucket_start, window_s = j.window_s,
+        state = CASE WHEN j.trips THEN 'open' ELSE 'closed' END,
+        opened_at = CASE WHEN j.trips THEN now() ELSE c.opened_at END,
+        open_s = CASE WHEN j.trips THEN j.open_s ELSE c.open_s END,
+        probe_at = CASE WHEN j.trips THEN now() + make_interval(secs => j.open_s)
+                        ELSE c.probe_at END,
+        failed_probes = CASE WHEN j.trips THEN 0 ELSE c.failed_probes END,
+        successes = 0,
+        last_error = coalesce(j.error, c.last_error),
+        updated_at = now()
+    FROM judged AS j
+    WHERE c.target = j.target
+    RETURNING c.target, c.state, c.requests, c.failures, c.prev_requests, c.prev_failures,
+              c.bucket_start, c.window_s, c.open_s, c.probe_at, c.probe_by, c.probe_until,
+              j.trips
+), made AS (
+    INSERT INTO pgobs.circuits (target, requests, failures, window_s, last_error)
+    SELECT t.target, coalesce(r.requests, 0), coalesce(r.failures, 0),
+           coalesce(r.window_s, 30), r.error
+    FROM unnest(%(known)s::text[]) AS t(target)
+    LEFT JOIN r USING (target)
+    WHERE NOT EXISTS (SELECT FROM pgobs.circuits AS c WHERE c.target = t.target)
+    ORDER BY t.target
+    ON CONFLICT (target) DO NOTHING
+), notified AS (
+    -- The other workers learn of an opening at once (delivered on commit), with no round trip
+    -- of its own; the outer query reads this CTE so that it runs.
+    SELECT pg_notify('pgobs_circuits', '') FROM updated WHERE trips LIMIT 1
+)
+SELECT s.target, s.state,
+       CASE WHEN e.age < 1 THEN s.requests + s.prev_requests * (1 - e.age)
+            WHEN e.age < 2 THEN s.requests * (2 - e.age) ELSE 0 END::float8 AS requests,
+       CASE WHEN e.age < 1 THEN s.failures + s.prev_failures * (1 - e.age)
+            WHEN e.age < 2 THEN s.failures * (2 - e.age) ELSE 0 END::float8 AS failures,
+       coalesce(extract(epoch FROM CASE s.state WHEN 'open' THEN s.probe_at
+                                                ELSE s.probe_until END - now()), 0)::float8
+           AS wait_s,
+       s.open_s, coalesce(s.probe_by = %(worker)s, false) AS ours, s.tripped
+FROM (
+    SELECT u.target, u.state, u.requests, u.failures, u.prev_requests, u.prev_failures,
+           u.bucket_start, u.window_s, u.open_s, u.probe_at, u.probe_by, u.probe_until,
+           u.trips AS tripped
+    FROM updated AS u
+    UNION ALL
+    SELECT c.target, c.state, c.requests, c.failures, c.prev_requests, c.prev_failures,
+           c.bucket_start, c.window_s, c.open_s, c.probe_at, c.probe_by, c.probe_until, false
+    FROM pgobs.circuits AS c
+    WHERE c.target = ANY(%(known)s::text[])
+      AND NOT EXISTS (SELECT FROM updated AS u WHERE u.target = c.target)
+) AS s
+CROSS JOIN LATERAL (
+    SELECT extract(epoch FROM now() - s.bucket_start)::float8 / s.window_s AS age) AS e
+WHERE (SELECT count(*) FROM notified) >= 0
+
+-- name: circuit_take_probe
+-- The one probe of the whole fleet: granted to the first worker that asks once the probe time
+-- has come (or once the probe granted before it ran out of time: its worker died). No row back:
+-- another worker probes, or the circuit is not due. `was` is the state before.
+WITH old AS MATERIALIZED (
+    SELECT target, state FROM pgobs.circuits WHERE target = %(target)s FOR UPDATE
+)
+UPDATE pgobs.circuits AS c
+SET state = 'half_open', probe_by = %(worker)s,
+    probe_until = now() + make_interval(secs => %(lease_s)s), updated_at = now()
+FROM old
+WHERE c.target = old.target
+  AND ((old.state = 'open' AND c.probe_at <= now())
+       OR (old.state = 'half_open' AND (c.probe_by IS NULL OR c.probe_until < now())))
+RETURNING old.state AS was
+
+-- name: circuit_probe_done
+-- The probe's result, from the worker it was granted to (a reset or another grant since makes
+-- this a no-op: no row back). A good probe closes the circuit once success_threshold of them
+-- succeeded in a row (counts start afresh), else frees the probe for the next one; a failed one
+-- opens it again for twice as long, up to max_open_s.
+UPDATE pgobs.circuits AS c
+SET state = CASE WHEN NOT %(ok)s THEN 'open'
+                 WHEN c.successes + 1 >= %(success_threshold)s THEN 'closed'
+                 ELSE 'half_open' END,
+    successes = CASE WHEN %(ok)s AND c.successes + 1 < %(success_threshold)s
+                     THEN c.successes + 1 ELSE 0 END,
+    open_s = CASE WHEN %(ok)s THEN c.open_s
+                  ELSE least(greatest(c.open_s, 0.001) * 2, %(max_open_s)s) END,
+    probe_at = CASE WHEN %(ok)s THEN c.probe_at
+                    ELSE now() + make_interval(secs => least(greatest(c.open_s, 0.001) * 2,
+                                                             %(max_open_s)s)) END,
+    failed_probes = c.failed_probes + CASE WHEN %(ok)s THEN 0 ELSE 1 END,
+    requests = 0, failures = 0, prev_requests = 0, prev_failures = 0, bucket_start = now(),
+    probe_by = NULL, probe_until = NULL,
+    last_error = coalesce(%(error)s, c.last_error),
+    updated_at = now()
+WHERE c.target = %(target)s AND c.state = 'half_open' AND c.probe_by = %(worker)s
+RETURNING c.state, c.open_s, extract(epoch FROM c.probe_at - now())::float8 AS wait_s
+
+-- name: circuits_notify
+-- Tells every worker's notifier that a circuit changed state: they read it at once.
+SELECT pg_notify('pgobs_circuits', '')
+
+-- name: circuits_list
+SELECT c.target, c.state,
+       (CASE WHEN e.age < 1 THEN c.requests + c.prev_requests * (1 - e.age)
+             WHEN e.age < 2 THEN c.requests * (2 - e.age) ELSE 0 END)::float8 AS requests,
+       (CASE WHEN e.age < 1 THEN c.failures + c.prev_failures * (1 - e.age)
+             WHEN e.age < 2 THEN c.failures * (2 - e.age) ELSE 0 END)::float8 AS failures,
+       c.window_s, c.opened_at, c.open_s,
+       CASE c.state WHEN 'open' THEN c.probe_at WHEN 'half_open' THEN c.probe_until END AS next_at,
+       c.probe_by, c.failed_probes, c.last_error, c.updated_at
+FROM pgobs.circuits AS c
+CROSS JOIN LATERAL (
+    SELECT extract(epoch FROM now() - c.bucket_start)::float8 / c.window_s AS age) AS e
+ORDER BY c.state <> 'open', c.state <> 'half_open', c.target
+
+-- name: circuit_reset
+-- An operator closes a circuit by hand: counts start afresh, a probe in flight is forgotten.
+UPDATE pgobs.circuits
+SET state = 'closed', requests = 0, failures = 0, prev_requests = 0, prev_failures = 0,
+    bucket_start = now(), successes = 0, opened_at = NULL, open_s = 0, probe_at = NULL,
+    probe_by = NULL, probe_until = NULL, failed_probes = 0, updated_at = now()
+WHERE target = %(target)s
+RETURNING target
+
+-- name: circuit_release_deferred
+-- A circuit closed: the jobs of its actions that wait (for a later probe time, or a retry's
+-- backoff) are due now. Run by the worker whose probe closed it, and by each worker that learns
+-- of a reset by hand, for the actions it knows.
+UPDATE pgobs.jobs SET run_at = now()
+WHERE state = 'scheduled' AND run_at > now()
+  AND observer || '/' || coalesce(action, '#' || action_index) = ANY(%(keys)s::text[])
+RETURNING id
 
 -- name: wake_lock_alive
 -- Whether the wake-up lock's session still exists, after its socket turned readable (see

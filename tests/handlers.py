@@ -106,3 +106,22 @@ def hang_sync(event: Event) -> None:
     with psycopg.connect(os.environ["PGOBS_DSN"], autocommit=True) as conn:
         conn.execute("INSERT INTO starts (event_id, pid) VALUES (%s, %s)", (event.id, os.getpid()))
     time.sleep(3600)
+
+
+async def enriched(event: Event) -> None:
+    """Records what the lookups gave it, and a value of its own kept in ``pgobs.cache``."""
+    import pgobs
+
+    customer = (event.enrich or {})["customer"]
+    calls = []
+
+    def tier() -> dict[str, str]:
+        calls.append(1)
+        return {"tier": "gold"}
+
+    kept = await pgobs.cache.get_or_set(f"tier:{customer['id']}", tier, ttl_s=60)
+    async with await psycopg.AsyncConnection.connect(os.environ["PGOBS_DSN"]) as conn:
+        await conn.execute(
+            "INSERT INTO handled (event_id, how) VALUES (%s, %s)",
+            (event.id, f"{customer['name']}/{kept['tier']}"),
+        )

@@ -1,19 +1,13 @@
-"""The cache action: invalidates cached results by key (keys are templates)."""
+"""The cache action: invalidates cached results by key (keys are templates), in whichever store
+the worker's cache uses (``pgobs.cache``, or Redis and ``pgobs.cache``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from pgobs.actions.specs import CacheSpec
-from pgobs.db.connect import Connection
-from pgobs.db.sqlfiles import query
+from pgobs.reliability.cache import Cache
 
 
-async def invalidate(
-    pool: AsyncConnectionPool[Connection], spec: CacheSpec, context: dict[str, Any]
-) -> None:
-    keys = [key.render(context) for key in spec.keys]
-    async with pool.connection() as conn:
-        await conn.execute(query("cache_invalidate"), {"keys": keys})
+async def invalidate(cache: Cache, spec: CacheSpec, context: dict[str, Any]) -> None:
+    await cache.delete(*(key.render(context) for key in spec.keys))

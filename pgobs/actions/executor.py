@@ -38,6 +38,9 @@ from pgobs.actions.webhook import send_webhook
 from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
+from pgobs.reliability.cache import Cache
+from pgobs.reliability.lookups import Enricher, LookupFailed
+from pgobs.reliability.specs import Lookup
 from pgobs.templates import TemplateFailed
 
 log = logging.getLogger("pgobs.actions")
@@ -72,6 +75,8 @@ class ObserverActions(Protocol):
     def name(self) -> str: ...
     @property
     def actions(self) -> tuple[ActionSpec, ...]: ...
+    @property
+    def enrich(self) -> tuple[Lookup, ...]: ...
     def action(self, name: str) -> ActionSpec | None: ...
     def action_keys(self) -> list[str]: ...
 
@@ -83,11 +88,14 @@ class ActionExecutor:
         pool: AsyncConnectionPool[Connection],
         http: httpx.AsyncClient,
         threads: ThreadRunner,
+        cache: Cache,
     ) -> None:
         self.observers = {obs.name: obs for obs in observers}
         self.pool = pool
         self.http = http
         self.threads = threads
+        self.cache = cache
+        self.enricher = Enricher(cache, http, pool)
         self._children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._targets: dict[tuple[str, str], str] = {}
         # Found once per action: the lookup is on every job's path.
@@ -174,8 +182,14 @@ class ActionExecutor:
             )
         started = time.perf_counter()
         failure: Failure | None = None
+        event = call.event
         try:
-            await self._dispatch(spec, call, call.event)
+            lookups = found[0].enrich
+            if lookups:
+                event = await self.enricher.enrich(lookups, event, call.observer)
+            await self._dispatch(spec, call, event)
+        except LookupFailed as exc:
+            failure = Failure(str(exc), "transient")
         except ActionFailed as exc:
             failure = Failure(exc.message, exc.kind, exc.retry_after_s)
         except TemplateFailed as exc:
@@ -230,7 +244,7 @@ class ActionExecutor:
             )
             log.log(logging.getLevelName(spec.level.upper()), "%s", message)
         elif isinstance(spec, CacheSpec):
-            await invalidate(self.pool, spec, context)
+            await invalidate(self.cache, spec, context)
         else:
             assert_never(spec)
 
@@ -239,4 +253,4 @@ def _context(event: Event, call: ActionCall) -> dict[str, Any]:
     """What templates see: the envelope's fields at the top, and ``event`` for the whole."""
     envelope = event.envelope()
     envelope["observer"] = call.observer
-    return {**envelope, "event": envelope, "attempt": call.attempt}
+    return {**envelope, "event": envelope, "attempt": call.attempt, "enrich": event.enrich or {}}

@@ -58,6 +58,11 @@ app.command(
     "listener rows and expired dedup and cache entries (pgobs.run_maintenance()).",
 )
 app.command(
+    "pgobs.cli.circuits:app",
+    name="circuits",
+    help="Circuit breakers, one per target, shared by every worker: list them, close one by hand.",
+)
+app.command(
     "pgobs.cli.metrics:app",
     name="metrics",
     help="Current metric values: from a worker's --metrics-port (--url), else the fleet-wide "

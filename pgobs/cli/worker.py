@@ -15,6 +15,7 @@ from pgobs.errors import BadOption
 from pgobs.listener.listener import ListenerSettings
 from pgobs.observability.metrics import serve_metrics
 from pgobs.queue.worker import WorkerSettings
+from pgobs.reliability.redisconn import redis_settings
 from pgobs.supervisor import ProcessSettings, run_process
 
 
@@ -32,6 +33,14 @@ def worker(
     metrics_host: str = "127.0.0.1",
     lease_seconds: float = 30.0,
     grace_seconds: float = 10.0,
+    redis_url: Annotated[
+        str | None,
+        Parameter(
+            env_var="PGOBS_REDIS_URL",
+            help="Redis for dedup and the enrichment cache (redis://host:6379/0); Postgres "
+            "stays the truth and takes over while Redis is down.",
+        ),
+    ] = None,
     dsn: Dsn = None,
 ) -> None:
     """Run a worker process: a listener candidate and/or the action workers.
@@ -73,15 +82,17 @@ def worker(
     resolved = resolve_dsn(dsn)
     if metrics_port:
         serve_metrics(metrics_port, metrics_host)
+    redis = redis_settings(redis_url, resolved)
     settings = ProcessSettings(
         role=role,
         listener=ListenerSettings(
             listener_id=listener_id,
             batch_size=batch_size,
             leader_stale_s=leader_stale_seconds,
+            redis=redis,
         ),
         worker=WorkerSettings(
-            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds
+            concurrency=concurrency, lease_s=lease_seconds, grace_s=grace_seconds, redis=redis
         ),
     )
     anyio.run(lambda: run_process(resolved, loaded, settings))

@@ -20,7 +20,10 @@ from pgobs.actions.specs import (
 )
 from pgobs.conditions import ConditionSyntaxError, compile_condition
 from pgobs.config.actions import parse_action
+from pgobs.config.circuit import CircuitPolicy, check_shared, parse_action_circuit, parse_defaults
+from pgobs.config.dedup import parse_dedup
 from pgobs.config.egress import parse_egress
+from pgobs.config.enrich import parse_enrich
 from pgobs.config.fields import Fields
 from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
 from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
@@ -80,6 +83,7 @@ def parse_config(
     if raw is not None or not issues.errors:
         top = Fields(raw, (), issues, "the config file", strict_env=strict_env)
         egress = parse_egress(top)
+        circuit_defaults = parse_defaults(top)
         items = top.get("observers")
         if not isinstance(items, list) or not items:
             issues.error(
@@ -99,6 +103,7 @@ def parse_config(
                 strict_env,
                 egress,
                 import_handlers,
+                circuit_defaults,
             )
             if obs is None:
                 continue
@@ -110,6 +115,14 @@ def parse_config(
                 )
             seen.setdefault(obs.name, obs.line)
             observers.append(obs)
+        check_shared(
+            (
+                (("observers", i, "actions", n), spec, policy)
+                for i, obs in enumerate(observers)
+                for n, (spec, policy) in enumerate(zip(obs.actions, obs.circuits, strict=True))
+            ),
+            issues,
+        )
     if issues.errors:
         return None, issues.found
     return Config(observers=tuple(observers), source=file), issues.found
@@ -123,6 +136,7 @@ def _observer(
     strict_env: bool,
     egress: EgressPolicy,
     import_handlers: bool,
+    circuit_defaults: CircuitPolicy,
 ) -> Observer | None:
     f = Fields(raw, path, issues, "an observer", strict_env=strict_env)
     if not f.ok:
@@ -148,6 +162,7 @@ def _observer(
                 "e.g. status == 'paid' && total > 100",
             )
     actions: list[ActionSpec] = []
+    circuits: list[CircuitPolicy] = []
     names: list[tuple[int, str | None, str, Any]] = []  # (position, name:, derived, raw)
     raw_actions = f.get("actions")
     if not isinstance(raw_actions, list) or not raw_actions:
@@ -161,12 +176,14 @@ def _observer(
         af = Fields(raw_action, (*f.at("actions"), i), issues, "an action", strict_env=strict_env)
         if af.ok:
             action_name = _action_name(af)
+            circuit = parse_action_circuit(af, circuit_defaults)
             spec = parse_action(af, base_dir, import_handlers=import_handlers)
             if isinstance(spec, WebhookSpec | SlackSpec):
                 spec = dataclasses.replace(spec, egress=egress)
                 _check_target(af, spec)
             if spec is not None:
                 actions.append(spec)
+                circuits.append(circuit)
                 names.append((i, action_name, derived_name(spec), raw_action))
     named = _name_actions(f, names)
     retry = _retry(f)
@@ -177,6 +194,8 @@ def _observer(
         if f.has("max_concurrency")
         else None
     )
+    dedup = parse_dedup(f)
+    enrich = parse_enrich(f)
     f.finish()
     return Observer(
         name=name,
@@ -191,6 +210,9 @@ def _observer(
         priority=priority,
         max_concurrency=max_concurrency,
         line=issues.line_of(path),
+        dedup=dedup,
+        enrich=enrich,
+        circuits=tuple(circuits),
     )
 
 

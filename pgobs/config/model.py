@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from pgobs.config.circuit import CircuitPolicy
 from pgobs.events import Event
 
 if TYPE_CHECKING:
     from pgobs.actions.specs import ActionSpec
+    from pgobs.reliability.specs import DedupPolicy, Lookup
 
 BackoffStrategy = Literal["exponential", "linear", "fixed"]
 OnFailure = Literal["dlq", "log"]
@@ -51,6 +53,9 @@ class Observer:
     priority: int = 0
     max_concurrency: int | None = None  # runners of one worker it may fill; None: the default
     line: int = 0
+    dedup: DedupPolicy | None = None  # fire once per fingerprint within a window
+    enrich: tuple[Lookup, ...] = ()  # lookups run before the actions, as ``enrich.<name>``
+    circuits: tuple[CircuitPolicy, ...] = ()  # each action's breaker settings, as ``actions``
 
     def action(self, name: str) -> ActionSpec | None:
         """The action called ``name``; ``#n`` is the n-th (jobs written before actions had

@@ -22,6 +22,7 @@ log = logging.getLogger("pgobs.notifier")
 
 EVENTS_CHANNEL = "pgobs_events"
 JOBS_CHANNEL = "pgobs_jobs"
+CIRCUITS_CHANNEL = "pgobs_circuits"  # a circuit changed state: workers read it at once
 
 
 class Doorbell:

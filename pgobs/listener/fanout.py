@@ -8,6 +8,9 @@ from typing import Any
 from pgobs.actions.specs import action_type
 from pgobs.config.model import Config, Observer
 from pgobs.events import DATA_ERROR_KEY, Event
+from pgobs.reliability.dedup import Gate, Gates, fingerprint
+from pgobs.reliability.specs import DedupPolicy
+from pgobs.templates import TemplateFailed
 
 
 class ObserverIndex:
@@ -64,6 +67,15 @@ AUDIT_COLUMNS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A duplicate the fan-out statement did not write jobs for (a row it returns)."""
+
+    event_id: int
+    observer: str
+    fingerprint: str
+
+
 @dataclass
 class FanoutPlan:
     """One batch's writes, column by column, as the fan_out statement takes them."""
@@ -71,11 +83,15 @@ class FanoutPlan:
     catalog: dict[str, list[Any]]
     event_ids: list[int] = field(default_factory=list)
     refs: list[int] = field(default_factory=list)  # each job's action, by its catalog ref
+    gates: Gates = field(default_factory=Gates)  # the dedup checks of this batch
+    job_gates: list[int] = field(default_factory=list)  # each job's gate (1-based), 0: none
     matched: dict[str, int] = field(default_factory=dict)  # observer -> jobs made for it
     events_matched: dict[str, int] = field(default_factory=dict)  # observer -> events it matched
     audit: dict[str, list[Any]] = field(
         default_factory=lambda: {name: [] for name in AUDIT_COLUMNS}
     )
+    skipped: list[Skipped] = field(default_factory=list)  # what the statement skipped
+    _fingerprints: set[str] = field(default_factory=set)
 
     def add_audit(self, event: Event, obs: Observer | None, message: str) -> None:
         values = (
@@ -89,10 +105,27 @@ class FanoutPlan:
         for name, value in zip(AUDIT_COLUMNS, values, strict=True):
             self.audit[name].append(value)
 
+    def add_gate(self, event: Event, obs: Observer, policy: DedupPolicy) -> int:
+        """The gate of ``obs``'s jobs for ``event``: 'skip' at once when an earlier event of the
+        batch has the same fingerprint."""
+        try:
+            fp = fingerprint(obs.name, policy, event)
+        except TemplateFailed as exc:
+            self.add_audit(event, obs, f"dedup key failed, deduplicated by the change: {exc}")
+            fp = fingerprint(obs.name, DedupPolicy(policy.window_s), event)
+        gate = Gate(fp, policy.window_s, event.id, obs.name)
+        if fp in self._fingerprints:
+            gate.mode = "skip"
+        self._fingerprints.add(fp)
+        self.gates.items.append(gate)
+        return len(self.gates.items)
+
     def params(self) -> dict[str, Any]:
         return {
             "event_ids": self.event_ids,
             "refs": self.refs,
+            "gates": self.job_gates,
+            **self.gates.params(),
             **self.catalog,
             **self.audit,
             "notify": bool(self.event_ids),
@@ -113,9 +146,11 @@ def plan_fanout(events: list[Event], index: ObserverIndex) -> FanoutPlan:
                 plan.add_audit(event, obs, f"condition failed: {exc!r}")
                 continue
             if matched:
+                gate = 0 if obs.dedup is None else plan.add_gate(event, obs, obs.dedup)
                 for ref in refs[obs.name]:
                     plan.event_ids.append(event.id)
                     plan.refs.append(ref)
+                    plan.job_gates.append(gate)
                 plan.matched[obs.name] = plan.matched.get(obs.name, 0) + len(refs[obs.name])
                 plan.events_matched[obs.name] = plan.events_matched.get(obs.name, 0) + 1
     return plan

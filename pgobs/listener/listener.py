@@ -33,11 +33,13 @@ from pgobs.db.notify import Doorbell
 from pgobs.db.sqlfiles import query
 from pgobs.errors import PgobsError
 from pgobs.events import Event
-from pgobs.listener.fanout import ObserverIndex, plan_fanout
+from pgobs.listener.fanout import FanoutPlan, ObserverIndex, Skipped, plan_fanout
 from pgobs.listener.fleet import FleetPublisher
 from pgobs.listener.maintenance import LeaderMaintenance
 from pgobs.listener.wakelock import WakeLock
 from pgobs.observability import metrics
+from pgobs.reliability.dedup import RedisDedup
+from pgobs.reliability.redisconn import RedisSettings
 
 log = logging.getLogger("pgobs.listener")
 
@@ -63,6 +65,7 @@ class ListenerSettings:
     batch_bytes: int = 32 * 1024 * 1024  # past its first row, a batch holds at most this much data
     open_writer_warn_s: float = 60.0  # warn about a transaction holding events back this long
     leader_stale_s: float = 3.0  # a leader whose fan-out loop was silent this long is fenced out
+    redis: RedisSettings | None = None  # dedup's fast path, when configured
 
     def __post_init__(self) -> None:
         # The loop beats every quarter of leader_stale_s at most; it must come round that often
@@ -134,6 +137,12 @@ class Listener:
         self._warned_writers: set[str] = set()  # transaction ids already named in a warning
         self._beaten_at = 0.0  # time.monotonic() of the fan-out loop's last beat
         self._fence_denied_at: float | None = None
+        windows = [obs.dedup.window_s for obs in config.observers if obs.dedup is not None]
+        self.dedup_redis = (
+            RedisDedup(self.settings.redis, max(windows))
+            if self.settings.redis is not None and windows
+            else None
+        )
 
     # -- the candidate loop ----------------------------------------------------------------
 
@@ -147,6 +156,8 @@ class Listener:
                 self._set_state("stopped", leader=False)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self._write_heartbeat(lag=(0, 0.0))
+                    if self.dedup_redis is not None:
+                        await self.dedup_redis.close()
                 tg.cancel_scope.cancel()
 
     async def _candidate_loop(self) -> None:
@@ -357,9 +368,11 @@ class Listener:
         # this busy leader for a frozen one.
         if self.is_leader:
             await self._beat(conn)
+        if self.dedup_redis is not None and plan.gates.items:
+            await self.dedup_redis.screen(plan.gates)
         last = events[-1]
         after = (target, None) if drained else (checkpoint.snapshot, target)
-        await conn.execute(
+        written = await conn.execute(
             query("fan_out"),
             {
                 **plan.params(),
@@ -371,6 +384,10 @@ class Listener:
                 "last_processed_at": last.created_at,
             },
         )
+        plan.skipped = [Skipped(*row) for row in await written.fetchall() if row[0] is not None]
+        if self.dedup_redis is not None:
+            await self.dedup_redis.committed(plan.gates)
+        self._count_skipped(plan)
         checkpoint.snapshot, checkpoint.target = after
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
         if plan.matched and self.jobs_written is not None:
@@ -384,6 +401,17 @@ class Listener:
             metrics.events_matched.labels(observer).inc(count)
         metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
         return len(events)
+
+    def _count_skipped(self, plan: FanoutPlan) -> None:
+        for skipped in plan.skipped:
+            plan.matched[skipped.observer] -= len(self.index.refs[skipped.observer])
+            metrics.dedup_skipped.labels(skipped.observer).inc()
+            log.debug(
+                "observer %s skipped event %d: a duplicate (fingerprint %s) within its window",
+                skipped.observer,
+                skipped.event_id,
+                skipped.fingerprint,
+            )
 
     # -- liveness -----------------------------------------------------------------------------
 
@@ -501,6 +529,7 @@ def _read_row(
     tenant: str | None,
     actor: str | None,
     created_at: datetime | None,
+    idempotency_key: str | None,
     size: int | None,
 ) -> _Read:
     """The query's columns, in order (see ``_claimed_job``)."""
@@ -518,5 +547,6 @@ def _read_row(
         tenant=tenant,
         actor=actor,
         created_at=created_at,
+        idempotency_key=idempotency_key,
     )
     return _Read(target, event, size or 0)

@@ -91,6 +91,28 @@ leader_fenced = Counter(
 )
 
 
+circuit_state = Gauge(
+    "observer_circuit_state",
+    "This worker's view of a circuit: 0 closed, 1 half-open (one probe for the fleet), 2 open.",
+    ["target"],
+)
+circuit_deferred = Counter(
+    "observer_circuit_deferred",
+    "Jobs deferred to their circuit's probe time without spending an attempt.",
+    ["observer", "target"],
+)
+circuit_transitions = Counter(
+    "observer_circuit_transitions",
+    "Circuit state changes this worker made for the fleet (opened, probed, closed).",
+    ["target", "to"],
+)
+circuit_fast_fail = Counter(
+    "observer_circuit_fast_fail",
+    "Calls not made because their circuit was open or another worker was probing it.",
+    ["target"],
+)
+
+
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics, /healthz and /readyz on ``port`` (in a daemon thread); a taken port is
     a one-line error."""
@@ -103,3 +125,27 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
                 "pick another --metrics-port, or 0 for none",
             ) from exc
         raise PgobsError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+
+
+# -- dedup and the enrichment cache (pgobs.reliability) ------------------------------------------
+dedup_skipped = Counter(
+    "observer_dedup_skipped", "Events an observer skipped as duplicates.", ["observer"]
+)
+dedup_store_up = Gauge(
+    "observer_dedup_store_up", "Whether the dedup fast path answers (1) or not (0).", ["store"]
+)
+dedup_fallback = Counter(
+    "observer_dedup_fallback",
+    "Fan-out batches whose fingerprints Postgres checked because Redis failed or was down.",
+    ["reason"],
+)
+cache_hits = Counter("observer_cache_hits", "Enrichment lookups answered by the cache.", ["lookup"])
+cache_misses = Counter(
+    "observer_cache_misses", "Enrichment lookups the cache could not answer.", ["lookup"]
+)
+lookup_duration = Histogram(
+    "observer_lookup_duration_seconds",
+    "Time to an enrichment lookup's result, cache included.",
+    ["lookup"],
+    buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
+)

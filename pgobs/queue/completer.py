@@ -109,8 +109,9 @@ class Completer:
         await self.flush()
         return job.id in self.held
 
-    def finish(self, job: Job, failure: Failure | None) -> None:
-        """``job``'s run ended; its outcome is written with the next batch."""
+    def finish(self, job: Job, failure: Failure | None, *, defer_s: float | None = None) -> None:
+        """``job``'s run ended; its outcome is written with the next batch. ``defer_s``: it
+        failed while its circuit is open, so it waits that long instead of retrying."""
         held = self.held.get(job.id)
         if held is None:
             return  # lost meanwhile: the result is discarded
@@ -119,7 +120,17 @@ class Completer:
         self.finished += 1
         self._starts.pop(job.id, None)
         self._pending.starts.pop(job.id, None)
-        self._pending.outcomes[job.id] = self._outcome(job, failure)
+        self._pending.outcomes[job.id] = self._outcome(job, failure, defer_s)
+        self._ready.ring()
+
+    def defer(self, job: Job, delay_s: float) -> None:
+        """``job`` did not run (its circuit is open): back in ``delay_s``, no attempt spent."""
+        held = self.held.get(job.id)
+        if held is None:
+            return
+        held.state = "finished"
+        self.finished += 1
+        self._pending.outcomes[job.id] = Outcome(job.id, job.attempt - 1, "defer", delay_s=delay_s)
         self._ready.ring()
 
     def park(self, job: Job, failure: Failure, threads: ThreadRunner) -> None:
@@ -153,10 +164,12 @@ class Completer:
             heapq.heappop(self._retries_due)
         return min(longest, self._retries_due[0] - now) if self._retries_due else longest
 
-    def _outcome(self, job: Job, failure: Failure | None) -> Outcome:
+    def _outcome(self, job: Job, failure: Failure | None, defer_s: float | None) -> Outcome:
         if failure is None:
             return Outcome(job.id, job.attempt, "completed")
         message = _storable(failure.message)
+        if defer_s is not None and failure.kind == "transient":
+            return Outcome(job.id, job.attempt, "defer", message, "transient", defer_s)
         obs = self.config.observer(job.observer)
         if obs is not None and failure.kind == "transient" and job.attempt < job.max_attempts:
             delay = retry_delay_s(obs.retry, job.attempt, failure.retry_after_s)
@@ -251,7 +264,7 @@ class Completer:
             self._drop(job_id)
             if outcome.kind == "completed":
                 self.completed += 1
-            elif outcome.kind == "retry":
+            elif outcome.kind in ("retry", "defer"):
                 heapq.heappush(self._retries_due, now + outcome.delay_s)
         self.capacity.ring()
         if any(o.kind == "retry" for o in batch.outcomes.values()):

@@ -61,11 +61,12 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a started job ended, as written: completed, retried, dead-lettered or dropped."""
+    """How a job ended, as written: completed, retried, dead-lettered, dropped, or deferred
+    while its circuit is open (``attempt`` is then the attempts it has spent)."""
 
     job_id: int
     attempt: int
-    kind: str  # completed | retry | dead | drop
+    kind: str  # completed | retry | dead | drop | defer
     error: str = ""
     error_kind: ErrorKind = "transient"
     delay_s: float = 0.0
@@ -99,7 +100,13 @@ class Batch:
         ]
 
     def params(self, worker: str) -> dict[str, Any]:
-        by_kind: dict[str, list[Outcome]] = {"completed": [], "retry": [], "dead": [], "drop": []}
+        by_kind: dict[str, list[Outcome]] = {
+            "completed": [],
+            "retry": [],
+            "dead": [],
+            "drop": [],
+            "defer": [],
+        }
         for outcome in self.outcomes.values():
             by_kind[outcome.kind].append(outcome)
         params: dict[str, Any] = {
@@ -111,6 +118,10 @@ class Batch:
             "retry_delays": [o.delay_s for o in by_kind["retry"]],
             "retry_errors": [o.error for o in by_kind["retry"]],
             "retry_attempts": [o.attempt for o in by_kind["retry"]],
+            "defer_ids": [o.job_id for o in by_kind["defer"]],
+            "defer_delays": [o.delay_s for o in by_kind["defer"]],
+            "defer_errors": [o.error or None for o in by_kind["defer"]],
+            "defer_attempts": [o.attempt for o in by_kind["defer"]],
         }
         for prefix in ("dead", "drop"):
             failures = by_kind[prefix]

@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pgobs.actions.executor import ActionExecutor
 from pgobs.actions.failures import Failure
 from pgobs.observability import metrics
+from pgobs.queue.circuits import CLOSED, PROBE, CircuitBoard
 from pgobs.queue.completer import Completer
 from pgobs.queue.jobs import Job
 
@@ -56,8 +57,10 @@ class Runners:
         shares: Mapping[str, int],
         target_share: int,
         grace_s: float,
+        circuits: CircuitBoard | None = None,
     ) -> None:
         self.executor = executor
+        self.circuits = circuits
         self.completer = completer
         self.concurrency = concurrency
         self.shares = shares  # observer -> how many runners it may fill at once
@@ -159,10 +162,25 @@ class Runners:
         def stop() -> None:
             slot.stop(job, "lost")
 
+        board = self.circuits
+        circuit = board.of(job) if board is not None else None
+        if board is not None and circuit is not None and circuit.state != CLOSED:
+            # Its target is down: the job waits for the probe time, spending nothing; one job
+            # of the whole fleet probes.
+            verdict = board.verdict(circuit)
+            if verdict == PROBE:
+                probing = await board.take_probe(circuit, job, self.executor.timeout_s(job))
+                verdict = PROBE if probing else circuit.recheck_s()
+            if verdict != PROBE:
+                board.deferred(circuit, job)
+                self.completer.defer(job, verdict)
+                return
         if job.suspect:
             if not await self.completer.start_recorded(job, stop):
+                self._abandon(job)
                 return
         elif not self.completer.start(job, stop):
+            self._abandon(job)
             return
         target = self.executor.target(job)
         self._busy[job.observer] += 1
@@ -176,13 +194,34 @@ class Runners:
             self._busy[job.observer] -= 1
             self._busy_targets[target] -= 1
         slot.stopped = None  # finished after all (it swallowed the cancel)
-        self.completer.finish(job, failure)
+        defer_s = None
+        if board is not None and circuit is not None:
+            defer_s = board.record(circuit, job, failure)  # found once, before the run
+        self.completer.finish(job, failure, defer_s=defer_s)
+
+    def _record(self, job: Job, failure: Failure | None) -> float | None:
+        """Count the call for its circuit; how long to defer it when the circuit is open."""
+        board = self.circuits
+        circuit = board.of(job) if board is not None else None
+        if board is None or circuit is None:
+            return None
+        return board.record(circuit, job, failure)
+
+    def _abandon(self, job: Job) -> None:
+        board = self.circuits
+        circuit = board.of(job) if board is not None else None
+        if board is not None and circuit is not None:
+            board.abandon(circuit, job)
 
     def _stopped_early(self, slot: _Slot) -> None:
         job, slot.stopped = slot.stopped, None
-        if job is None or slot.reason == "lost":
+        if job is None:
+            return
+        if slot.reason == "lost":
+            self._abandon(job)
             return  # lost: the completer has discarded it already
         if slot.reason == "shutdown":
+            self._abandon(job)  # not the target's failure
             failure = Failure(
                 f"the worker shut down before the action finished (grace period {self.grace_s:g}s)",
                 "transient",
@@ -202,7 +241,10 @@ class Runners:
                 self._busy_targets[target] -= 1
 
             threads.on_return(job.run_key, returned)
+            self._record(job, failure)  # a parked job retries as usual
             self.completer.park(job, failure, threads)
+        elif slot.reason == "timeout":
+            self.completer.finish(job, failure, defer_s=self._record(job, failure))
         else:
             self.completer.finish(job, failure)
 

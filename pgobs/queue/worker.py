@@ -22,11 +22,16 @@ from pgobs.actions.threads import ThreadRunner
 from pgobs.config.model import Config
 from pgobs.db.connect import open_pool
 from pgobs.db.notify import Doorbell
+from pgobs.queue.circuit_store import CircuitStore
+from pgobs.queue.circuits import CircuitBoard
 from pgobs.queue.completer import Completer, FaultHook
 from pgobs.queue.jobs import Job, JobStore
 from pgobs.queue.maintenance import Maintenance
 from pgobs.queue.producer import Producer
 from pgobs.queue.runner import Runners
+from pgobs.reliability.cache import Cache, PostgresCache, RedisCache
+from pgobs.reliability.handlercache import cache as handler_cache
+from pgobs.reliability.redisconn import RedisSettings
 
 log = logging.getLogger("pgobs.queue")
 
@@ -41,6 +46,7 @@ class WorkerSettings:
     grace_s: float = 10.0
     max_prefetch: int = 0  # 0: chosen from concurrency
     max_held_bytes: int = 64 * 1024 * 1024  # event data held in memory, claimed or running
+    redis: RedisSettings | None = None  # the enrichment cache's store, when configured
 
     @property
     def prefetch_cap(self) -> int:
@@ -76,8 +82,10 @@ class WorkerPool:
         settings: WorkerSettings | None = None,
         *,
         faults: FaultHook | None = None,
+        circuits_bell: Doorbell | None = None,
     ) -> None:
         self.dsn = dsn
+        self.circuits_bell = circuits_bell  # rung when another worker changes a circuit
         self.config = config
         self.doorbell = doorbell
         self.settings = settings or WorkerSettings()
@@ -117,8 +125,13 @@ class WorkerPool:
             ) as http,
         ):
             store = JobStore(self.dsn, control, self.worker_id, s.lease_s)
-            executor = ActionExecutor(self.config.observers, actions, http, self.threads)
+            cache_store = PostgresCache(actions)
+            redis_cache = RedisCache(s.redis, cache_store) if s.redis is not None else None
+            cache = Cache(redis_cache or cache_store)
+            executor = ActionExecutor(self.config.observers, actions, http, self.threads, cache)
+            handler_cache.activate(cache)
             completer = Completer(store, self.config, self.doorbell, self.faults)
+            circuits = CircuitBoard(CircuitStore(control, self.worker_id), self.config.observers)
             runners = Runners(
                 executor,
                 completer,
@@ -132,6 +145,7 @@ class WorkerPool:
                 },
                 target_share=s.default_share(len(executor.targets())),
                 grace_s=s.grace_s,
+                circuits=circuits,
             )
             keys = [
                 (key, observer, executor.target(_Call(observer, action)))
@@ -160,6 +174,7 @@ class WorkerPool:
             async with anyio.create_task_group() as service:
                 service.start_soon(completer.run)
                 service.start_soon(completer.keep_leases, s.lease_s / 3)
+                service.start_soon(circuits.run, self.circuits_bell)
                 action_keys = [key for key, _, _ in keys]
                 service.start_soon(Maintenance(store, self.doorbell, action_keys, s.lease_s).run)
                 async with anyio.create_task_group() as work:
@@ -169,6 +184,10 @@ class WorkerPool:
                     await self._shut_down(store, completer)
                 service.cancel_scope.cancel()
             self.threads.close()
+            handler_cache.activate(None)
+            if redis_cache is not None:
+                with anyio.CancelScope(shield=True):
+                    await redis_cache.close()
 
     async def _shut_down(self, store: JobStore, completer: Completer) -> None:
         """Write every outcome, then hand back what never started, then leave the fleet."""

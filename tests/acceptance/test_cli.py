@@ -28,6 +28,9 @@ COMMANDS = [
     ["status"],
     ["debug-event"],
     ["metrics"],
+    ["circuits"],
+    ["circuits", "list"],
+    ["circuits", "reset"],
 ]
 
 

@@ -70,3 +70,36 @@ def test_import_handlers_imports_them(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert marker.read_text() == "the module ran"
     assert "handler cfg_hooks:on_order: async, imported" in result.stdout
+
+
+PROTECTION = """observers:
+  - name: obs
+    entity: Order
+    dedup: {window: 5 minutes, key: "{{ 1 / 0 }}", scope: all}
+    enrich:
+      - name: customer
+        http: {url: "ftp://crm.internal/customers/{{ data.customer_id }}"}
+        cache: {key: "customer:{{ data.customer_id }}", ttl: 5m}
+    actions: [{type: log}]
+"""
+
+
+def test_dedup_and_enrich_mistakes_are_each_one_line_with_place_and_hint(tmp_path: Path) -> None:
+    file = tmp_path / "observers.yaml"
+    file.write_text(PROTECTION)
+    result = run_pgobs(None, "validate-config", str(file), cwd=tmp_path)
+    assert result.returncode == 4  # validation failed (pgobs.errors)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"{file}: 4 error(s)"
+    expected = [
+        ("4", "'window' must be a duration", "5m"),
+        ("4", "dedup key does not render", 'key: "order:{{ data.id }}"'),
+        ("4", "unknown key 'scope' in dedup", "known keys"),
+        ("7", "is not an http(s) URL", "https://"),
+    ]
+    for line_no, words, hint in expected:
+        assert any(
+            line.startswith(f"{file}:{line_no}: error: ") and words in line and hint in line
+            for line in lines
+        ), (words, lines)
+    assert "Traceback" not in result.stderr

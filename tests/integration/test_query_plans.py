@@ -115,7 +115,9 @@ def test_fan_out_reads_events_by_txid_id_index(filled: str) -> None:
 
 def test_outcome_writes_find_jobs_by_key(filled: str) -> None:
     batch = Batch(starts=dict.fromkeys(range(1, 600), 1))
-    for i, kind in zip(range(600, 3000), itertools.cycle(("completed", "retry", "dead", "drop"))):
+    for i, kind in zip(
+        range(600, 3000), itertools.cycle(("completed", "retry", "dead", "drop", "defer"))
+    ):
         batch.outcomes[i] = Outcome(i, 1, kind, "e", "transient", 0.1)
     tree = plan(filled, "write_outcomes", batch.params("w"))
     assert "jobs" not in seq_scans(tree) and "events" not in seq_scans(tree)

@@ -15,5 +15,5 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_the_handler_api() -> None:
-    assert set(pgobs.__all__) == {"Event", "PermanentError", "__version__"}
+    assert set(pgobs.__all__) == {"Event", "PermanentError", "__version__", "cache"}
     assert issubclass(pgobs.PermanentError, Exception)
