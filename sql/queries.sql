@@ -1053,3 +1053,8 @@ WITH cursor AS MATERIALIZED (
     LIMIT 1000000
 )
 SELECT count(*), coalesce(extract(epoch FROM now() - min(at)), 0)::float8 FROM waiting
+
+-- name: wake_lock_alive
+-- Whether the wake-up lock's session still exists, after its socket turned readable (see
+-- WakeLock._hold): it raises when the server ended it.
+SELECT 1
