@@ -144,7 +144,9 @@ def bench_cache_hits(admin_dsn: str, redis_url: str | None, lookups: int = 3000)
 
 # -- end to end ---------------------------------------------------------------------------------
 
+# Without protection: breakers (on by default for every action with a target) switched off.
 E2E_PLAIN = """
+defaults: {circuit: {enabled: false}}
 observers:
   - name: obs-bench
     entity: Bench
@@ -159,7 +161,8 @@ observers:
       - name: customer
         sql: "SELECT id, name FROM customers WHERE id = %(customer_id)s"
         cache: {key: "customer:{{ data.customer_id }}", ttl: 5m}
-    actions: [{type: python, handler: "handlers:noop"}]
+    actions:
+      - {type: python, handler: "handlers:noop", circuit: {failure_threshold: 0.5, window: 30s}}
 """
 
 

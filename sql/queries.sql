@@ -1054,6 +1054,11 @@ WITH cursor AS MATERIALIZED (
 )
 SELECT count(*), coalesce(extract(epoch FROM now() - min(at)), 0)::float8 FROM waiting
 
+-- name: wake_lock_alive
+-- Whether the wake-up lock's session still exists, after its socket turned readable (see
+-- WakeLock._hold): it raises when the server ended it.
+SELECT 1
+
 -- name: status_checkpointed_listener_ids
 -- Listener ids with a checkpoint: pgobs.run_maintenance() keeps every event each one has not
 -- fanned out, so status shows them even once their stopped instance rows have gone.

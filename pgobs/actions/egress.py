@@ -22,6 +22,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 
@@ -84,11 +86,22 @@ _NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]+|[0-9]+)(?:\.(?:0x[0-9a-f]+|[0-9]+)){
 
 
 def literal_address(url: str) -> Address | None:
-    """The address a URL names literally (an IP, or a cloud metadata host name), else None."""
+    """The address a URL names literally (an IP, or a cloud metadata host name), else None.
+
+    The host is read as the HTTP client reads it (IDNA maps U+3002 and other full stops to
+    dots, which urllib keeps), else as urllib does for a URL the client rejects; a trailing
+    root dot names the same host. Through a proxy this is the only check, so both must agree.
+    """
     try:
-        host = (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return None
+        # raw_host: the ASCII form the client connects to (.host decodes IDNA, and raises
+        # IDNAError, a ValueError, on an A-label it cannot decode).
+        host = httpx.URL(url).raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError):
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError:
+            return None
+    host = host.lower().removesuffix(".")
     if host in METADATA_HOSTS:
         return METADATA_HOSTS[host]
     try:

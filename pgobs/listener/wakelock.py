@@ -68,9 +68,26 @@ class WakeLock:
             # against the waiting request, so new writers notify.
             await conn.execute(query("take_wake_lock"))
             self.held = True
-            await self._until(False)
+            await self._hold(conn)
             await conn.execute(query("release_wake_lock"))
             self.held = False
+
+    async def _hold(self, conn: Connection) -> None:
+        """Wait until the lock is no longer wanted. Nothing else reads the session meanwhile:
+        one that ended (terminated, the server restarted) took the lock with it, writers then
+        skipped NOTIFY and the leader, believing it held, slept its poll interval for each
+        event. Whatever the server sends makes the socket readable; a query then tells a
+        session that ended (it raises, and ``run`` takes the lock on a new one)."""
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while True:
+                    await anyio.wait_readable(conn.fileno())
+                    await conn.execute(query("wake_lock_alive"))
+
+            tg.start_soon(watch)
+            await self._until(False)
+            tg.cancel_scope.cancel()
 
     async def _until(self, wanted: bool) -> None:
         while self._wanted != wanted:

@@ -599,3 +599,93 @@ def test_columns_named_like_capture_variables_are_captured(dsn: str) -> None:
     execute(dsn, "DELETE FROM tags")
     rows = fetch(dsn, "SELECT event_type, entity_id, tenant FROM pgobs.events ORDER BY id")
     assert rows == [("INSERT", "1", None), ("UPDATE", "1", None), ("DELETE", "1", None)]
+
+
+def test_a_role_cannot_get_its_own_table_tracked_by_partition_ddl(dsn: str) -> None:
+    """The partition sync runs as pgobs' owner after anyone's DDL: a trigger merely named
+    pgobs_capture on a role's own partitioned table, with the arguments capture would have, once
+    made it install pgobs' capture there and mint events of any entity type; a look-alike on a
+    partition made every CREATE TABLE and ALTER TABLE in the database fail."""
+    role = f"pgobs_ddl_{uuid.uuid4().hex[:8]}"
+    execute(dsn, f"CREATE ROLE {role}")
+    try:
+        execute(dsn, f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"SET ROLE {role}")
+            conn.execute(
+                "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN RETURN NULL; END $$"
+            )
+            conn.execute(
+                "CREATE TABLE forged (id int, r text, PRIMARY KEY (id, r)) PARTITION BY LIST (r)"
+            )
+            conn.execute("CREATE TABLE forged_a PARTITION OF forged FOR VALUES IN ('a')")
+            conn.execute(
+                "CREATE TRIGGER pgobs_capture AFTER INSERT ON forged FOR EACH ROW "
+                "EXECUTE FUNCTION noop('Order', '0', 'INSERT,TRUNCATE', 'id')"
+            )
+            conn.execute(
+                "CREATE TRIGGER pgobs_capture_x AFTER INSERT ON forged_a FOR EACH ROW "
+                "EXECUTE FUNCTION noop()"
+            )
+            conn.execute("CREATE TABLE forged_b PARTITION OF forged FOR VALUES IN ('b')")
+            conn.execute("INSERT INTO forged VALUES (1000000, 'b')")
+        execute(dsn, "CREATE TABLE unrelated (id int)")  # everyone's DDL still works
+        assert events(dsn) == []
+        pgobs_triggers = (
+            "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid "
+            "WHERE p.pronamespace = 'pgobs'::regnamespace "
+            "AND t.tgrelid IN ('forged'::regclass, 'forged_a'::regclass, 'forged_b'::regclass)"
+        )
+        assert scalar(dsn, pgobs_triggers) == 0
+    finally:
+        execute(dsn, f"DROP OWNED BY {role}")
+        execute(dsn, f"DROP ROLE {role}")
+
+
+def test_partition_ddl_keeps_key_columns_and_entity_types_of_any_spelling(dsn: str) -> None:
+    """Re-reading the tracked arguments split a key column named with a comma into two
+    (adding a partition failed with 'has no column'), and an entity type holding a backslash
+    followed by 000 made every CREATE TABLE and ALTER TABLE of the database fail."""
+    execute(
+        dsn,
+        'CREATE TABLE odd ("a,b" int, " r" text, PRIMARY KEY ("a,b", " r")) '
+        'PARTITION BY LIST (" r")',
+    )
+    execute(dsn, "CREATE TABLE odd_x PARTITION OF odd FOR VALUES IN ('x')")
+    execute(dsn, "SELECT pgobs.track('odd', E'Ord\\\\000er')")
+    execute(dsn, "CREATE TABLE odd_y PARTITION OF odd FOR VALUES IN ('y')")
+    execute(dsn, "CREATE TABLE unrelated (id int)")
+    execute(dsn, "INSERT INTO odd VALUES (1, 'y')")
+    execute(dsn, "TRUNCATE odd_y")
+    assert [(e["entity_type"], e["event_type"], e["entity_id"]) for e in events(dsn)] == [
+        ("Ord\\000er", "INSERT", "1,y"),
+        ("Ord\\000er", "TRUNCATE", None),
+    ]
+
+
+def test_partition_ddl_works_without_standard_conforming_strings(regions: str) -> None:
+    """A session with standard_conforming_strings off (legacy applications) read the sync's
+    '\\000' as a NUL byte: every CREATE TABLE and ALTER TABLE it ran failed."""
+    with psycopg.connect(regions, autocommit=True) as conn:
+        conn.execute("SET standard_conforming_strings = off")
+        conn.execute("CREATE TABLE legacy (id int)")
+        conn.execute("CREATE TABLE shipments_fr PARTITION OF shipments FOR VALUES IN ('fr')")
+    execute(regions, "TRUNCATE shipments_fr")
+    assert [e["event_type"] for e in events(regions)] == ["TRUNCATE"]
+
+
+def test_ddl_outside_partitioned_tables_does_not_run_the_partition_sync(regions: str) -> None:
+    """The sync walks every tracked tree (~100 ms with 1,000 partitions): it once ran after
+    every CREATE TABLE and ALTER TABLE of the database, temporary tables included."""
+    calls = "SELECT coalesce(pg_stat_get_xact_function_calls(%s::regproc), 0)"
+    sync = "pgobs.sync_tracked_partitions"
+    with psycopg.connect(regions) as conn:
+        conn.execute("SET track_functions = 'all'")
+        conn.execute("CREATE TEMP TABLE scratch (id int)")
+        conn.execute("CREATE TABLE plain (id int)")
+        conn.execute("ALTER TABLE plain ADD COLUMN note text")
+        assert conn.execute(calls, (sync,)).fetchone() == (0,)
+        conn.execute("CREATE TABLE shipments_fr PARTITION OF shipments FOR VALUES IN ('fr')")
+        conn.execute("ALTER TABLE shipments DETACH PARTITION shipments_fr")
+        assert conn.execute(calls, (sync,)).fetchone() == (2,)

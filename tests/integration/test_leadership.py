@@ -53,7 +53,7 @@ def test_a_leader_stale_time_out_of_range_is_one_line() -> None:
     result = run_pgobs(
         "postgresql://nobody@127.0.0.1:1/none", "worker", "--leader-stale-seconds", "1"
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad option: a configuration error
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("pgobs: error: --leader-stale-seconds must be between 2 and 3600")
 

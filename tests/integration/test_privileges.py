@@ -201,3 +201,39 @@ def test_a_migrating_role_without_createrole_still_migrates(empty_dsn: str) -> N
     finally:
         execute(empty_dsn, f"DROP OWNED BY {name}")
         execute(empty_dsn, f"DROP ROLE {name}")
+
+
+def test_create_roles_grants_what_every_migration_added(dsn: str) -> None:
+    """Roles created after the migrations (create_roles() run later, as the README says) get
+    the rights of 0007-0010 too: settings, the trail, the emit overload, maintenance."""
+    grants = [
+        ("pgobs_operator", "SELECT", "pgobs.settings"),
+        ("pgobs_operator", "UPDATE", "pgobs.settings"),
+        ("pgobs_operator", "SELECT", "pgobs.trail"),
+        ("pgobs_operator", "SELECT", "pgobs.job_counts"),
+        ("pgobs_worker", "INSERT", "pgobs.trail"),
+        ("pgobs_worker", "SELECT", "pgobs.settings"),
+    ]
+    functions = [
+        ("pgobs_app", "pgobs.emit(text,text,text,jsonb,text)"),
+        ("pgobs_worker", "pgobs.record_trail(text,bigint[],text[],text[],text[],text[])"),
+        ("pgobs_worker", "pgobs.run_maintenance(boolean,integer)"),
+        ("pgobs_operator", "pgobs.run_maintenance(boolean,integer)"),
+    ]
+    # As if the roles had not existed when the migrations ran.
+    for role, privilege, table in grants:
+        execute(dsn, f"REVOKE {privilege} ON {table} FROM {role}")
+    for role, function in functions:
+        execute(dsn, f"REVOKE EXECUTE ON FUNCTION {function} FROM {role}")
+    execute(dsn, "SELECT pgobs.create_roles()")
+    for role, privilege, table in grants:
+        assert scalar(dsn, "SELECT has_table_privilege(%s, %s, %s)", (role, table, privilege)), (
+            role,
+            privilege,
+            table,
+        )
+    for role, function in functions:
+        assert scalar(dsn, "SELECT has_function_privilege(%s, %s, 'EXECUTE')", (role, function))
+    # and nothing more than before: the worker still cannot change settings or forge events.
+    assert not scalar(dsn, "SELECT has_table_privilege('pgobs_worker', 'pgobs.settings', 'UPDATE')")
+    assert not scalar(dsn, "SELECT has_table_privilege('pgobs_worker', 'pgobs.events', 'INSERT')")

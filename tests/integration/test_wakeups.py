@@ -136,3 +136,31 @@ def test_no_listener_no_notify_after_it_stops_or_dies(orders: str, tmp_path: Pat
                 proc.kill()
             proc.stop()
         assert notifications_before_marker(orders, insert) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_wake_up_session_does_not_leave_events_to_the_poll(orders: str) -> None:
+    """The idle leader's wake-up lock lives on a session that nothing read while it was held:
+    terminated, the lock was gone, writers found it free and skipped NOTIFY, and the leader,
+    believing it held, slept the poll interval for every event until a burst came (no log)."""
+    holding = (
+        "SELECT count(*) FROM pg_locks WHERE database = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database()) AND locktype = 'advisory' "
+        "AND classid = 2024061502 AND mode = 'ExclusiveLock' AND granted"
+    )
+    kill = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'pgobs wake-up'"
+    )
+    with InProcessListener(orders, poll_interval_s=POLL_S, leader_stale_s=4 * POLL_S):
+        for _ in range(3):
+            wait_until(lambda: scalar(orders, holding) == 1)
+            assert scalar(orders, kill) == 1
+            wait_until(lambda: scalar(orders, holding) == 0)
+            time.sleep(0.2)  # writers come a while after the session ended, as they would
+            with psycopg.connect(orders, autocommit=True) as conn:
+                row = conn.execute("INSERT INTO orders (status) VALUES ('x') RETURNING id")
+                assert row.fetchone()
+                event = conn.execute("SELECT max(id) FROM pgobs.events").fetchone()
+            assert event
+            wait_until(lambda e=event[0]: job_for(orders, e), timeout=PROMPT_S, interval=0.005)

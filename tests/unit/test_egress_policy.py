@@ -7,7 +7,7 @@ from ipaddress import ip_address, ip_network
 import httpx
 import pytest
 
-from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy
+from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy, literal_address
 from pgobs.actions.failures import ActionFailed
 from pgobs.actions.http import deliver
 from pgobs.config.loader import parse_config
@@ -80,6 +80,13 @@ async def _deliver_to(url: str, policy: EgressPolicy) -> list[httpx.Request]:
         "http://0xa9.0xfe.0xa9.0xfe/latest/meta-data/",
         "http://0251.0376.0251.0376/latest/meta-data/",
         "http://169.254.43518/latest/meta-data/",
+        # Hosts the client reads differently from urllib: IDNA dots (U+3002, U+FF0E, U+FF61),
+        # a trailing root dot. Through an HTTP proxy this check is the only one.
+        "http://169\u3002254\u3002169\u3002254/latest/meta-data/",
+        "http://169\uff0e254\uff0e169\uff0e254/latest/meta-data/",
+        "http://metadata\uff61google\uff61internal/computeMetadata/v1/",
+        "http://metadata.google.internal./computeMetadata/v1/",
+        "http://169.254.169.254./latest/meta-data/",
     ],
 )
 async def test_a_metadata_target_is_refused_before_any_request(url: str) -> None:
@@ -166,3 +173,11 @@ observers:
     config, issues = parse_config(text, "observers.yaml")
     assert config is not None
     assert [i.message for i in issues if "private address" in i.message]
+
+
+def test_a_host_the_client_cannot_decode_is_no_literal_address() -> None:
+    """httpx's host raises IDNAError (not InvalidURL) for a bad A-label: reading it crashed the
+    egress check and validate-config with a traceback."""
+    assert literal_address("http://xn--169-.254.169.254/") is None
+    ideographic = "http://169\u3002254\u3002169\u3002254/"
+    assert literal_address(ideographic) == ip_address("169.254.169.254")
