@@ -27,6 +27,7 @@ async def test_one_observers_hung_sync_handler_does_not_stop_the_others(dsn: str
     """Observer 'hung' has a sync handler that never returns (timeout 200 ms); observer 'other'
     has a plain async one. Fair share says 'hung' may fill 3 of 4 runners; 'other' must go on."""
     text = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: hung
     entity: Order
@@ -64,7 +65,7 @@ def two_observers(names: list[str]) -> str:
 """
         for name in names
     )
-    return "observers:" + body
+    return "defaults: {circuit: {enabled: false}}\nobservers:" + body
 
 
 async def test_a_job_whose_worker_restarts_is_not_dead_lettered_as_removed(dsn: str) -> None:
@@ -95,6 +96,7 @@ async def test_a_handler_that_blocks_the_loop_past_the_lease_runs_once_per_attem
     ends normally; the worker's own rescuer may see the lapsed lease when the loop comes back.
     Expected: it ran once and its success was recorded (or, at worst, it counts attempts)."""
     text = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order
@@ -115,6 +117,7 @@ async def test_the_job_after_one_that_swallowed_its_timeout_still_runs(dsn: str)
     """Observer with max_concurrency 1: job 1 times out and swallows the cancellation; jobs 2
     and 3 waited aside. They must run and get outcomes."""
     text = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order
@@ -141,6 +144,7 @@ async def test_a_parked_job_is_written_once_its_thread_returns_even_after_a_lost
     the parked job's outcome must be written. ThreadRunner keys stuck calls by idempotency key,
     so run 1's return removes run 2's entry and run 2's return is never reported."""
     text = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order

@@ -112,6 +112,7 @@ def fresh_handlers() -> None:
 
 
 BY_MODE = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order
@@ -180,6 +181,7 @@ async def test_every_outcome_is_written_once_through_faults_and_shutdowns(dsn: s
 
 
 UNTIL_RELEASED = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order
@@ -217,6 +219,7 @@ async def _gone_from_held(dsn: str) -> bool:
 
 
 STUCK = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order
@@ -253,6 +256,7 @@ async def test_a_stuck_sync_handler_keeps_its_thread_and_its_job_until_it_return
 
 async def test_system_exit_in_a_handler_is_the_jobs_failure(dsn: str) -> None:
     text = f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs-sync
     entity: Order
@@ -287,6 +291,7 @@ observers:
 
 def hooks(receiver: Receiver, first: str, second: str) -> str:
     return f"""
+defaults: {{circuit: {{enabled: false}}}}  # handlers fail on purpose here
 observers:
   - name: obs
     entity: Order
