@@ -144,8 +144,9 @@ def test_a_leader_whose_session_is_killed_steps_down_and_nothing_is_lost(
             execute(
                 dsn,
                 "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.datname = "
-                "current_database() AND a.pid IN (SELECT l.pid FROM pg_locks l "
-                "WHERE l.locktype = 'advisory' AND l.classid = 2024061501)",
+                "current_database() AND a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND l.locktype = 'advisory' AND l.classid = 2024061501)",
             )
             execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 50)")
             wait_until(

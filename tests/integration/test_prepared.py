@@ -108,6 +108,10 @@ def test_prepared_transactions_hold_back_only_their_own_events(private_server: s
             wait_until(lambda: scalar(dsn, jobs) == 7)
     finally:
         for gid in ("forgotten", "with-events"):
-            if scalar(dsn, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = %s", (gid,)):
+            prepared = (
+                "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database() "
+                "AND gid = %s"
+            )
+            if scalar(dsn, prepared, (gid,)):
                 execute(dsn, f"ROLLBACK PREPARED '{gid}'")
     assert scalar(dsn, jobs) == 7
