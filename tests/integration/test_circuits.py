@@ -264,6 +264,13 @@ observers:
         assert metric(port, "observer_circuit_deferred_total") >= 8
         assert metric(port, "observer_circuit_fast_fail_total") >= 5
         assert metric(port, "observer_circuit_transitions_total") == 1
+        # Each deferral is in the trail, with the probe time it waits for.
+        deferred = scalar(
+            db,
+            "SELECT count(*) FROM pgobs.trail WHERE status = 'deferred' "
+            "AND next_run_at > now() + interval '9 minutes'",
+        )
+        assert deferred >= 5, deferred
 
         listed = run_pgobs(db, "circuits", "list")
         assert listed.returncode == 0, listed.stderr
