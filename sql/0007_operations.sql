@@ -225,8 +225,10 @@ BEGIN
 END;
 $$;
 
--- Dedup fingerprints past expires_at, walked by (expires_at, fingerprint).
-CREATE FUNCTION pgobs.maintain_dedup(dry_run boolean, batch_size integer) RETURNS bigint
+-- Rows of a table keyed by text with an expires_at (pgobs.dedup, pgobs.cache) past it, walked by
+-- (expires_at, key) in batches; a row another session holds is left for the next run.
+CREATE FUNCTION pgobs.expire_keyed(tbl regclass, key name, dry_run boolean, batch_size integer)
+RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     after_at timestamptz := '-infinity';
@@ -237,20 +239,21 @@ DECLARE
     removed bigint := 0;
 BEGIN
     LOOP
-        SELECT array_agg(d.fingerprint ORDER BY d.expires_at, d.fingerprint),
-               max(d.expires_at)
-        INTO keys, last_at
-        FROM (SELECT fingerprint, expires_at FROM pgobs.dedup
-              WHERE expires_at < now() AND (expires_at, fingerprint) > (after_at, after_key)
-              ORDER BY expires_at, fingerprint LIMIT batch_size) AS d;
+        EXECUTE format(
+            'SELECT array_agg(k ORDER BY expires_at, k), max(expires_at) FROM ('
+            '  SELECT %1$I AS k, expires_at FROM %2$s'
+            '  WHERE expires_at < now() AND (expires_at, %1$I) > ($1, $2)'
+            '  ORDER BY expires_at, %1$I LIMIT $3) AS b', key, tbl)
+        INTO keys, last_at USING after_at, after_key, batch_size;
         done := coalesce(cardinality(keys), 0);
         EXIT WHEN done = 0;
         IF NOT dry_run THEN
-            WITH doomed AS (
-                SELECT fingerprint FROM pgobs.dedup
-                WHERE fingerprint = ANY(keys) AND expires_at < now() FOR UPDATE SKIP LOCKED
-            )
-            DELETE FROM pgobs.dedup AS d USING doomed WHERE d.fingerprint = doomed.fingerprint;
+            EXECUTE format(
+                'WITH doomed AS ('
+                '  SELECT %1$I FROM %2$s WHERE %1$I = ANY($1) AND expires_at < now()'
+                '  FOR UPDATE SKIP LOCKED)'
+                'DELETE FROM %2$s AS t USING doomed WHERE t.%1$I = doomed.%1$I', key, tbl)
+            USING keys;
             GET DIAGNOSTICS done = ROW_COUNT;
         END IF;
         removed := removed + done;
@@ -262,40 +265,16 @@ BEGIN
 END;
 $$;
 
--- Cached lookups past expires_at, walked by (expires_at, key).
+-- Dedup fingerprints past expires_at.
+CREATE FUNCTION pgobs.maintain_dedup(dry_run boolean, batch_size integer) RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgobs.expire_keyed('pgobs.dedup', 'fingerprint', dry_run, batch_size)
+$$;
+
+-- Cached lookups past expires_at.
 CREATE FUNCTION pgobs.maintain_cache(dry_run boolean, batch_size integer) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    after_at timestamptz := '-infinity';
-    after_key text := '';
-    keys text[];
-    last_at timestamptz;
-    done bigint;
-    removed bigint := 0;
-BEGIN
-    LOOP
-        SELECT array_agg(c.key ORDER BY c.expires_at, c.key), max(c.expires_at)
-        INTO keys, last_at
-        FROM (SELECT key, expires_at FROM pgobs.cache
-              WHERE expires_at < now() AND (expires_at, key) > (after_at, after_key)
-              ORDER BY expires_at, key LIMIT batch_size) AS c;
-        done := coalesce(cardinality(keys), 0);
-        EXIT WHEN done = 0;
-        IF NOT dry_run THEN
-            WITH doomed AS (
-                SELECT key FROM pgobs.cache
-                WHERE key = ANY(keys) AND expires_at < now() FOR UPDATE SKIP LOCKED
-            )
-            DELETE FROM pgobs.cache AS c USING doomed WHERE c.key = doomed.key;
-            GET DIAGNOSTICS done = ROW_COUNT;
-        END IF;
-        removed := removed + done;
-        EXIT WHEN cardinality(keys) < batch_size;
-        after_at := last_at;
-        after_key := keys[cardinality(keys)];
-    END LOOP;
-    RETURN removed;
-END;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgobs.expire_keyed('pgobs.cache', 'key', dry_run, batch_size)
 $$;
 
 -- Rows of stopped listener instances whose last heartbeat is older than listeners_retention.
@@ -438,6 +417,7 @@ COMMENT ON COLUMN pgobs.job_counts.next_retry_at IS 'when the next retry falls d
 REVOKE ALL ON FUNCTION pgobs.setting(text), pgobs.setting_interval(text),
     pgobs.maintain_events(boolean, integer), pgobs.maintain_audit(boolean, integer),
     pgobs.maintain_dedup(boolean, integer), pgobs.maintain_cache(boolean, integer),
+    pgobs.expire_keyed(regclass, name, boolean, integer),
     pgobs.maintain_listeners(boolean, integer), pgobs.maintain_dlq(boolean, integer),
     pgobs.run_maintenance(boolean, integer) FROM PUBLIC;
 
