@@ -175,10 +175,15 @@ observers:
 
 
 def bench_burndown(
-    admin_dsn: str, jobs: int = 30_000, concurrency: int = 32, handler: str = "noop"
+    admin_dsn: str,
+    jobs: int = 30_000,
+    concurrency: int = 32,
+    handler: str = "noop",
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """``jobs`` already queued, drained by one ``pgobs worker --role worker``; ``handler`` is
-    ``noop`` (``async def``) or ``noop_sync`` (plain ``def``)."""
+    ``noop`` (``async def``) or ``noop_sync`` (plain ``def``); ``extra``: more worker options,
+    e.g. --no-trail."""
     with fresh_db(admin_dsn, "pgobs_bench_burndown") as dsn, tempfile.TemporaryDirectory() as tmp:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -195,7 +200,7 @@ def bench_burndown(
             conn.execute("VACUUM ANALYZE pgobs.jobs")
             out = Path(tmp) / "report.json"
             env = {"PGOBS_BENCH_N": str(jobs), "PGOBS_BENCH_OUT": str(out)}
-            args = [["--role", "worker", "--concurrency", str(concurrency)]]
+            args = [["--role", "worker", "--concurrency", str(concurrency), *extra]]
             with workers(dsn, NOOP_CONFIG.format(handler=handler), args, env) as check:
                 report = wait_report(out, 300, check)
                 deadline = time.monotonic() + 30

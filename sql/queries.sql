@@ -326,8 +326,8 @@ LEFT JOIN LATERAL (
 -- and the caller discards that result. A start sets the attempt it is; completed jobs are
 -- deleted; retries wait in 'scheduled' with the error appended; dead letters move to the DLQ in
 -- the statement that removes them. Each outcome is a record in pgobs.trail (with its status
--- code and duration), when trail is on; on_failure: log drops always are (nothing else keeps
--- them).
+-- code and duration), when trail is on, deliveries grouped in batch records (0014); on_failure:
+-- log drops always are (nothing else keeps them).
 WITH started AS (
     UPDATE pgobs.jobs AS j
     SET attempts = s.attempt, attempted_at = now()
@@ -428,23 +428,48 @@ WITH started AS (
     SELECT 'dropped', id, event_id, observer, action, action_type, payload, attempt, code, ms,
            NULL, error
     FROM dropped
-), trailed AS (
+), enveloped AS (
     -- The envelope from the event, or from the payload of a retried dead letter whose event
     -- was purged.
-    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
-                             tenant, actor, observer, action, action_type, attempt, status_code,
-                             duration_ms, next_run_at, message)
-    SELECT 'action', o.status, o.event_id, o.id,
-           coalesce(e.entity_type, o.payload ->> 'entity_type'),
-           coalesce(e.entity_id, o.payload ->> 'entity_id'),
-           coalesce(e.event_type, o.payload ->> 'event_type'),
-           coalesce(e.tenant, o.payload ->> 'tenant'), coalesce(e.actor, o.payload ->> 'actor'),
-           o.observer, o.action, o.action_type, o.attempt, o.code, o.ms, o.next_run_at, o.message
+    SELECT o.*, coalesce(e.entity_type, o.payload ->> 'entity_type') AS entity_type,
+           coalesce(e.entity_id, o.payload ->> 'entity_id') AS entity_id,
+           coalesce(e.event_type, o.payload ->> 'event_type') AS event_type,
+           coalesce(e.tenant, o.payload ->> 'tenant') AS tenant,
+           coalesce(e.actor, o.payload ->> 'actor') AS actor
     FROM outcomes AS o
     LEFT JOIN LATERAL (
         SELECT ev.entity_type, ev.entity_id, ev.event_type, ev.tenant, ev.actor
         FROM pgobs.events AS ev WHERE ev.id = o.event_id LIMIT 1
     ) AS e ON true
+), trailed AS (
+    INSERT INTO pgobs.trail (kind, status, event_id, job_id, entity_type, entity_id, event_type,
+                             tenant, actor, observer, action, action_type, attempt, status_code,
+                             duration_ms, next_run_at, message)
+    SELECT 'action', o.status, o.event_id, o.id, o.entity_type, o.entity_id, o.event_type,
+           o.tenant, o.actor, o.observer, o.action, o.action_type, o.attempt, o.code, o.ms,
+           o.next_run_at, o.message
+    FROM enveloped AS o WHERE o.status <> 'delivered'
+), batched AS (
+    -- Deliveries, most of the trail: one record per observer, action and envelope, its jobs in
+    -- arrays (0014; pgobs.trail_records has a row per job).
+    INSERT INTO pgobs.trail (kind, status, entity_type, event_type, tenant, actor, observer,
+                             action, action_type, batch_event_ids, batch_job_ids,
+                             batch_entity_ids, batch_attempts, batch_status_codes,
+                             batch_durations_ms, batch_terms)
+    SELECT 'action', 'delivered', o.entity_type, o.event_type, o.tenant, o.actor, o.observer,
+           o.action, o.action_type, array_agg(o.event_id ORDER BY o.id),
+           array_agg(o.id ORDER BY o.id), array_agg(o.entity_id ORDER BY o.id),
+           array_agg(o.attempt ORDER BY o.id), array_agg(o.code ORDER BY o.id),
+           array_agg(o.ms ORDER BY o.id),
+           -- the jobs' own terms, as pgobs.trail_terms spells them
+           array_agg('event_id=' || o.event_id) FILTER (WHERE o.event_id IS NOT NULL)
+           || array_agg('job_id=' || o.id)
+           || array_agg('entity_id=' || o.entity_id) FILTER (WHERE o.entity_id IS NOT NULL)
+           || array_agg(DISTINCT 'attempt=' || o.attempt) FILTER (WHERE o.attempt IS NOT NULL)
+           || array_agg(DISTINCT 'status_code=' || o.code) FILTER (WHERE o.code IS NOT NULL)
+    FROM enveloped AS o WHERE o.status = 'delivered'
+    GROUP BY o.entity_type, o.event_type, o.tenant, o.actor, o.observer, o.action,
+             o.action_type
 )
 SELECT id, NULL::text FROM started
 UNION ALL SELECT id, NULL FROM completed
@@ -782,11 +807,15 @@ FROM pgobs.audit WHERE event_id = %(id)s
 ORDER BY at, id
 
 -- name: trail_exists
-SELECT to_regclass('pgobs.trail') IS NOT NULL
+SELECT to_regclass('pgobs.trail_records') IS NOT NULL
 
 -- name: debug_event_trail
--- Whole rows, so this reads the trail whatever columns it grows.
-SELECT to_jsonb(t) FROM pgobs.trail AS t WHERE t.event_id = %(id)s
+-- Whole rows, so this reads the trail whatever columns it grows; the event's records found by
+-- the terms index (batch records hold many events).
+SELECT to_jsonb(t) - 'record_terms' - 'terms' - 'search'
+FROM pgobs.trail_records AS t
+WHERE t.record_terms @> ARRAY['event_id=' || %(id)s::bigint] AND t.event_id = %(id)s
+ORDER BY t.at, t.id, t.seq
 
 -- name: recent_events
 SELECT id, created_at, entity_type, entity_id, event_type
@@ -978,14 +1007,14 @@ RETURNING id
 -- name: search_trail
 -- pgobs search: {where} is the query, translated by pgobs.search.to_sql (parameters p0, p1,
 -- ...); the time bound lets the planner skip every partition before it. Newest first.
-SELECT t.at, t.id, t.kind, t.status, t.event_id, t.job_id, t.entity_type, t.entity_id,
+SELECT t.at, t.id, t.seq, t.kind, t.status, t.event_id, t.job_id, t.entity_type, t.entity_id,
        t.event_type, t.tenant, t.actor,
        CASE WHEN t.observer IS NOT NULL THEN ARRAY[t.observer]
             ELSE coalesce(t.observers, ARRAY[]::text[]) END AS observers,
        t.action, t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message
-FROM pgobs.trail AS t
+FROM pgobs.trail_records AS t
 WHERE t.at >= now() - %(since)s::interval AND {where}
-ORDER BY t.at DESC, t.id DESC
+ORDER BY t.at DESC, t.id DESC, t.seq DESC
 LIMIT %(limit)s
 
 -- name: trail_ship_lock
@@ -994,14 +1023,15 @@ LIMIT %(limit)s
 SELECT pg_try_advisory_lock(2024061504, 1)
 
 -- name: trail_ship_batch
--- The next records to ship after the cursor, in (txid, id) order, with the text full-text
--- search sees (pgobs.trail_text, the same on both backends). Only below the horizon: the
+-- The next records to ship after the cursor, in (txid, id, seq) order (a batch record's jobs
+-- one by one, from pgobs.trail_records), with the text full-text search sees (pgobs.trail_text, the same on both backends). Only below the horizon: the
 -- oldest open transaction that is writing the trail now (it holds RowExclusiveLock on it or a
 -- partition), else the snapshot's xmax, so the cursor never passes a record still to commit.
 -- Not the snapshot's xmin: a long transaction of another database would stall shipping. (Every
 -- pgobs statement that writes the trail writes it in the statement that takes its xid.)
 WITH cursor AS MATERIALIZED (
-    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
+    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id,
+           coalesce(max(seq), 0) AS seq
     FROM pgobs.trail_shipping WHERE sink = %(sink)s
 ), writers AS (
     SELECT x.transactionid::text AS xid32
@@ -1016,29 +1046,30 @@ WITH cursor AS MATERIALIZED (
         pg_snapshot_xmax(s.snap)) AS xid
     FROM (SELECT pg_current_snapshot() AS snap) AS s
 )
-SELECT t.txid::text AS txid, t.id, t.at, t.kind, t.status, t.event_id, t.job_id, t.entity_type,
-       t.entity_id, t.event_type, t.tenant, t.actor, t.observer, t.observers, t.action,
+SELECT t.txid::text AS txid, t.id, t.seq, t.at, t.kind, t.status, t.event_id, t.job_id,
+       t.entity_type, t.entity_id, t.event_type, t.tenant, t.actor, t.observer, t.observers, t.action,
        t.action_type, t.attempt, t.status_code, t.duration_ms, t.next_run_at, t.message, t.data,
        pgobs.trail_text(t.message, t.data) AS text
-FROM cursor AS c, horizon AS h, pgobs.trail AS t
-WHERE (t.txid, t.id) > (c.txid, c.id) AND t.txid < h.xid
-ORDER BY t.txid, t.id
+FROM cursor AS c, horizon AS h, pgobs.trail_records AS t
+WHERE (t.txid, t.id) >= (c.txid, c.id) AND (t.txid, t.id, t.seq) > (c.txid, c.id, c.seq)
+  AND t.txid < h.xid
+ORDER BY t.txid, t.id, t.seq
 LIMIT %(limit)s
 
 -- name: trail_ship_advance
 -- After a bulk request: the cursor moves past the batch, and the documents Elasticsearch
 -- rejected are recorded (and not sent again).
 WITH rejected AS (
-    INSERT INTO pgobs.trail_rejects (sink, trail_id, at, error)
-    SELECT %(sink)s, r.id, r.at, r.error
-    FROM unnest(%(reject_ids)s::bigint[], %(reject_ats)s::timestamptz[],
-                %(reject_errors)s::text[]) AS r(id, at, error)
-    ON CONFLICT (sink, trail_id) DO UPDATE SET error = EXCLUDED.error, rejected_at = now()
+    INSERT INTO pgobs.trail_rejects (sink, trail_id, seq, at, error)
+    SELECT %(sink)s, r.id, r.seq, r.at, r.error
+    FROM unnest(%(reject_ids)s::bigint[], %(reject_seqs)s::int[], %(reject_ats)s::timestamptz[],
+                %(reject_errors)s::text[]) AS r(id, seq, at, error)
+    ON CONFLICT (sink, trail_id, seq) DO UPDATE SET error = EXCLUDED.error, rejected_at = now()
 )
-INSERT INTO pgobs.trail_shipping (sink, txid, id, shipped, rejected, updated_at)
-VALUES (%(sink)s, %(txid)s::text::xid8, %(id)s, %(shipped)s, %(rejected)s, now())
+INSERT INTO pgobs.trail_shipping (sink, txid, id, seq, shipped, rejected, updated_at)
+VALUES (%(sink)s, %(txid)s::text::xid8, %(id)s, %(seq)s, %(shipped)s, %(rejected)s, now())
 ON CONFLICT (sink) DO UPDATE
-SET txid = EXCLUDED.txid, id = EXCLUDED.id,
+SET txid = EXCLUDED.txid, id = EXCLUDED.id, seq = EXCLUDED.seq,
     shipped = pgobs.trail_shipping.shipped + EXCLUDED.shipped,
     rejected = pgobs.trail_shipping.rejected + EXCLUDED.rejected, updated_at = now()
 

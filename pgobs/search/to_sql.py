@@ -1,9 +1,14 @@
-"""A parsed query as a WHERE clause over ``pgobs.trail`` (alias ``t``), with its parameters.
+"""A parsed query as a WHERE clause over ``pgobs.trail_records`` (alias ``t``), with its
+parameters.
 
 Field matches go to the GIN index on ``terms`` ('field=value'), full text to the tsvector,
 ``data.<path>`` matches to the GIN index on ``data`` (containment), time ranges to the BRIN on
 ``at`` and partition pruning. Every leaf is true or false, never NULL, so NOT keeps records that
 lack the field (as Lucene does).
+
+A row of trail_records is a stored record, or one job of a batch record (0014). The clause is
+two: which stored records may hold a match (on their own columns, so the trail's indexes answer
+it: a batch record's terms hold every job's) and which rows match exactly.
 """
 
 from __future__ import annotations
@@ -65,7 +70,23 @@ MAX_EXPONENT = 1000  # a number spelled past this is matched as text only
 def to_sql(node: Node) -> tuple[sql.Composable, dict[str, Any]]:
     """The WHERE clause and its named parameters (p0, p1, ...)."""
     params: dict[str, Any] = {}
-    return _node(node, params), params
+    records = _records(node, params)
+    return sql.SQL("{} AND {}").format(records, _node(node, params)), params
+
+
+def _records(node: Node, params: dict[str, Any]) -> sql.Composable:
+    """True for every stored record that may hold a row matching ``node`` (more is fine):
+    indexed tests on the record's own columns, and true where a test needs the row."""
+    if isinstance(node, And | Or):
+        joiner = sql.SQL(" AND " if isinstance(node, And) else " OR ")
+        return sql.SQL("({})").format(joiner.join(_records(item, params) for item in node.items))
+    if isinstance(node, Match) and node.field in TERM_FIELDS:
+        return _terms(node, params, sql.SQL("t.record_terms"))
+    if isinstance(node, Text | DataMatch) or (
+        isinstance(node, Range) and node.field == "timestamp"
+    ):
+        return _node(node, params)  # the record's own search, data and time: every row's
+    return sql.SQL("true")  # NOT, and tests of a row's own values
 
 
 def term_value(value: str | Decimal) -> str:
@@ -170,10 +191,14 @@ def _node(node: Node, params: dict[str, Any]) -> sql.Composable:
 
 def _match(node: Match, params: dict[str, Any]) -> sql.Composable:
     if node.field in TERM_FIELDS:
-        terms = [f"{node.field}={term_value(v)}" for v in node.values]
-        return sql.SQL("(t.terms && {}::text[])").format(_param(params, terms))
+        return _terms(node, params, sql.SQL("t.terms"))
     values = _param(params, list(node.values))
     return sql.SQL("coalesce({} = ANY({}), false)").format(_column(node.field), values)
+
+
+def _terms(node: Match, params: dict[str, Any], column: sql.Composable) -> sql.Composable:
+    terms = [f"{node.field}={term_value(v)}" for v in node.values]
+    return sql.SQL("({} && {}::text[])").format(column, _param(params, terms))
 
 
 def _on_field(field: str, test: Callable[[sql.Composable], sql.Composable]) -> sql.Composable:

@@ -1,7 +1,8 @@
 """The trail in Elasticsearch: its documents, index template and ILM policy, and searching it.
 
-Documents have deterministic ids (the trail record's id) in a deterministic index (the day of
-the record, ``pgobs-trail-YYYY.MM.DD``), so shipping a record again overwrites its document.
+Documents have deterministic ids (the trail record's id, and a job's seq in a batch record:
+``id-seq``) in a deterministic index (the day of the record, ``pgobs-trail-YYYY.MM.DD``), so
+shipping a record again overwrites its document.
 The ILM policy deletes an index 90 days (by default) after it was created.
 """
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INDEX_PATTERN",
     "INDEX_TEMPLATE",
+    "NEW_FIELDS",
     "POLICY",
     "client",
     "document",
@@ -38,6 +40,7 @@ TEMPLATE_NAME = "pgobs-trail"
 POLICY_NAME = "pgobs-trail"
 SHIPPED_FIELDS = (
     "id",
+    "seq",
     "kind",
     "status",
     "event_id",
@@ -73,6 +76,7 @@ def policy(retention_days: int = 90) -> dict[str, Any]:
 
 
 POLICY = policy()
+NEW_FIELDS: dict[str, Any] = {"seq": {"type": "integer"}}  # fields added since 0008's template
 INDEX_TEMPLATE: dict[str, Any] = {
     "index_patterns": [INDEX_PATTERN],
     "priority": 200,
@@ -83,6 +87,7 @@ INDEX_TEMPLATE: dict[str, Any] = {
             "properties": {
                 **{name: {"type": "keyword"} for name in _KEYWORDS},
                 "id": {"type": "long"},
+                **NEW_FIELDS,
                 "event_id": {"type": "long"},
                 "job_id": {"type": "long"},
                 "attempt": {"type": "integer"},
@@ -156,7 +161,12 @@ def document(row: dict[str, Any]) -> dict[str, Any]:
         source["data"] = data
     if row["text"]:
         source["text"] = row["text"]
-    return {"_index": index_for(row["at"]), "_id": str(row["id"]), "_source": source}
+    return {"_index": index_for(row["at"]), "_id": document_id(row), "_source": source}
+
+
+def document_id(row: dict[str, Any]) -> str:
+    """A record's document id: its trail id, with the job's seq for a job of a batch record."""
+    return f"{row['id']}-{row['seq']}" if row["seq"] else str(row["id"])
 
 
 def _searchable(value: Any) -> Any:
@@ -199,7 +209,11 @@ def search_body(node: Node, since: timedelta, limit: int) -> dict[str, Any]:
     window = {"range": {"timestamp": {"gte": f"now-{int(since.total_seconds())}s"}}}
     return {
         "query": {"bool": {"filter": [window, to_es(node)]}},
-        "sort": [{"timestamp": "desc"}, {"id": "desc"}],
+        "sort": [
+            {"timestamp": "desc"},
+            {"id": "desc"},
+            {"seq": {"order": "desc", "unmapped_type": "integer"}},
+        ],
         "size": limit,
     }
 
@@ -239,6 +253,7 @@ def _record(source: dict[str, Any]) -> Record:
     return Record(
         at=datetime.fromisoformat(source["timestamp"]),
         id=source["id"],
+        seq=source.get("seq", 0),
         kind=source["kind"],
         status=source["status"],
         event_id=source.get("event_id"),

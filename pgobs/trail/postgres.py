@@ -36,5 +36,5 @@ async def search_postgres(
 
 def _record(*row: Any) -> Record:
     values = list(row)
-    values[11] = tuple(values[11])  # observers
+    values[12] = tuple(values[12])  # observers
     return Record(*values)

@@ -12,7 +12,8 @@ __all__ = ["RECORD_COLUMNS", "Record"]
 @dataclass(frozen=True, slots=True)
 class Record:
     at: datetime
-    id: int
+    id: int  # the trail record's
+    seq: int  # a job of a batch record (1, 2, ...), else 0
     kind: str
     status: str
     event_id: int | None

@@ -26,7 +26,16 @@ from psycopg.rows import dict_row
 from pgobs.db.connect import Connection, connect
 from pgobs.db.sqlfiles import query
 from pgobs.observability import metrics
-from pgobs.trail.elastic import INDEX_TEMPLATE, POLICY_NAME, TEMPLATE_NAME, client, document, policy
+from pgobs.trail.elastic import (
+    INDEX_PATTERN,
+    INDEX_TEMPLATE,
+    NEW_FIELDS,
+    POLICY_NAME,
+    TEMPLATE_NAME,
+    client,
+    document,
+    policy,
+)
 
 log = logging.getLogger("pgobs.trail")
 
@@ -53,9 +62,10 @@ class Bulk:
     """A batch as the bulk helper takes it, and where the cursor goes after it."""
 
     actions: list[dict[str, Any]]
-    ats: dict[str, datetime]  # document id -> record time, for the rejects table
+    records: dict[str, tuple[int, int, datetime]]  # document id -> (id, seq, at), for rejects
     txid: str
     last_id: int
+    last_seq: int
 
 
 def prepare(rows: list[dict[str, Any]]) -> Bulk:
@@ -64,9 +74,13 @@ def prepare(rows: list[dict[str, Any]]) -> Bulk:
     last = rows[-1]
     return Bulk(
         actions,
-        {a["_id"]: row["at"] for a, row in zip(actions, rows, strict=True)},
+        {
+            a["_id"]: (row["id"], row["seq"], row["at"])
+            for a, row in zip(actions, rows, strict=True)
+        },
         last["txid"],
         last["id"],
+        last["seq"],
     )
 
 
@@ -153,6 +167,10 @@ class Shipper:
             name=POLICY_NAME, policy=policy(self.settings.retention_days)
         )
         await self._es.indices.put_index_template(name=TEMPLATE_NAME, **INDEX_TEMPLATE)
+        # Indices made by an older template (before seq, 0014) take the new field too.
+        await self._es.indices.put_mapping(
+            index=INDEX_PATTERN, properties=NEW_FIELDS, allow_no_indices=True
+        )
         self._installed = True
 
     async def _send(self, bulk: Bulk) -> dict[str, str]:
@@ -186,10 +204,12 @@ class Shipper:
                 "sink": SINK,
                 "txid": bulk.txid,
                 "id": bulk.last_id,
+                "seq": bulk.last_seq,
                 "shipped": len(bulk.actions) - len(rejects),
                 "rejected": len(rejects),
-                "reject_ids": [int(i) for i in rejects],
-                "reject_ats": [bulk.ats[i] for i in rejects],
+                "reject_ids": [bulk.records[i][0] for i in rejects],
+                "reject_seqs": [bulk.records[i][1] for i in rejects],
+                "reject_ats": [bulk.records[i][2] for i in rejects],
                 "reject_errors": list(rejects.values()),
             },
         )

@@ -86,7 +86,10 @@ observers:
         assert retried.returncode == 0, retried.stderr
         receiver.wait_for(3, "/pay")
         wait_until(
-            lambda: scalar(dsn, "SELECT count(*) FROM pgobs.trail WHERE status = 'delivered'") == 3,
+            lambda: (
+                scalar(dsn, "SELECT count(*) FROM pgobs.trail_records WHERE status = 'delivered'")
+                == 3
+            ),
             timeout=40,
         )
     finally:

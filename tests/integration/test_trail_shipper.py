@@ -46,6 +46,10 @@ class FakeElasticsearch:
             with self.lock:
                 self.puts.append(path.split("?")[0])
             return 200, {"acknowledged": True}
+        if method == "PUT" and path.split("?")[0].endswith("/_mapping"):
+            with self.lock:
+                self.puts.append("mapping")
+            return 200, {"acknowledged": True}
         if method in ("POST", "PUT") and path.split("?")[0] == "/_bulk":
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
             items = []
@@ -162,6 +166,7 @@ async def test_the_backlog_waits_for_elasticsearch_and_drains(
         assert sorted(set(fake_es.puts)) == [
             "/_ilm/policy/pgobs-trail",
             "/_index_template/pgobs-trail",
+            "mapping",  # indices of an older template take the fields added since
         ]
         # New records follow; the backlog empties.
         more = add_records(dsn, 2)
@@ -198,6 +203,46 @@ async def test_one_shipper_ships_and_shipping_again_overwrites(
         await wait_for(lambda: fake_es.bulks > bulks and shipped(dsn) == (20, 0))
         assert len(fake_es.docs) == 10  # the same ids: overwritten, not duplicated
         tg.cancel_scope.cancel()
+
+
+def add_batch(dsn: str, jobs: int) -> int:
+    """A batch record of deliveries, as write_outcomes writes it."""
+    return int(
+        scalar(
+            dsn,
+            "INSERT INTO pgobs.trail (kind, status, entity_type, event_type, observer, action, "
+            "action_type, batch_event_ids, batch_job_ids, batch_entity_ids, batch_attempts, "
+            "batch_status_codes, batch_durations_ms) "
+            "SELECT 'action', 'delivered', 'Order', 'INSERT', 'obs-a', 'hook', 'webhook', "
+            "array_agg(g), array_agg(100 + g), array_agg(g::text), array_agg(1), "
+            "array_agg(200), array_agg(g * 1.5) FROM generate_series(1, %s) AS g RETURNING id",
+            (jobs,),
+        )
+    )
+
+
+@pytest.mark.anyio
+async def test_a_batch_record_ships_a_document_per_job(
+    dsn: str, fake_es: FakeElasticsearch
+) -> None:
+    """Each job of a batch record is a document of its own (id-seq), batches of the bulk cut
+    through the record, and a rejected job is recorded with its seq."""
+    fake_es.up = True
+    batch = add_batch(dsn, 5)
+    fake_es.reject = {f"{batch}-4"}
+    shipper = Shipper(dsn, ShipperSettings(fake_es.url, batch_size=2, **FAST))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(shipper.run)
+        await wait_for(lambda: shipped(dsn) == (4, 1))
+        tg.cancel_scope.cancel()
+    assert fake_es.bulks == 3
+    docs = {key[1]: doc for key, doc in fake_es.docs.items()}
+    assert sorted(docs) == [f"{batch}-{seq}" for seq in (1, 2, 3, 5)]
+    third = docs[f"{batch}-3"]
+    assert (third["event_id"], third["job_id"], third["entity_id"]) == (3, 103, "3")
+    assert (third["seq"], third["duration_ms"], third["observer"]) == (3, 4.5, ["obs-a"])
+    rejects = fetch(dsn, "SELECT trail_id, seq FROM pgobs.trail_rejects")
+    assert rejects == [(batch, 4)]
 
 
 @pytest.fixture

@@ -167,6 +167,7 @@ def test_any_text_parses_or_fails_with_a_column(text: str) -> None:
 def _doc(rec: dict[str, Any]) -> dict[str, Any]:
     row = {
         "id": 1,
+        "seq": 0,
         "event_id": None,
         "job_id": None,
         "duration_ms": None,
