@@ -381,3 +381,27 @@ def test_other_outcomes_are_recorded_in_a_statement_of_their_own(dsn: str) -> No
             dsn,
             "SELECT pgobs.record_trail('exploded', '{}'::bigint[], '{}', '{}', '{}', '{}')",
         )
+
+
+def test_a_batch_record_keeps_its_jobs_when_its_day_gets_a_partition(dsn: str) -> None:
+    """Deliveries written while their day has no partition (maintenance stopped for a week)
+    wait in the default partition; pgobs.trail_partition moves them into the day's partition
+    and must move their jobs (batch_*) too, or pgobs.trail_records shows an empty record."""
+    today = scalar(dsn, "SELECT (now() AT TIME ZONE 'UTC')::date")
+    execute(dsn, f"DROP TABLE pgobs.trail_p{today:%Y%m%d}")
+    execute(
+        dsn,
+        "INSERT INTO pgobs.trail (kind, status, observer, action, batch_event_ids, "
+        "batch_job_ids, batch_entity_ids, batch_attempts, batch_status_codes, "
+        "batch_durations_ms, batch_terms) VALUES ('action', 'delivered', 'obs-a', 'hook', "
+        "'{1,2}', '{10,11}', '{e1,e2}', '{1,1}', '{200,200}', '{1.5,2.5}', "
+        "'{event_id=1,event_id=2,job_id=10,job_id=11,entity_id=e1,entity_id=e2,attempt=1,"
+        "status_code=200}')",
+    )
+    before = fetch(dsn, "SELECT seq, job_id, entity_id FROM pgobs.trail_records ORDER BY seq")
+    assert before == [(1, 10, "e1"), (2, 11, "e2")]
+    execute(dsn, "SELECT pgobs.maintain_audit(false, 100)")
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.trail_default") == 0  # moved in
+    after = fetch(dsn, "SELECT seq, job_id, entity_id FROM pgobs.trail_records ORDER BY seq")
+    assert after == before
+    assert scalar(dsn, "SELECT count(*) FROM pgobs.trail WHERE terms @> '{job_id=11}'") == 1
