@@ -104,12 +104,49 @@ $$;
 
 -- An event record's matched observers as terms, as 0008's, without its subquery (inlined: the
 -- call cost an event record 8 us). Observer names have no control characters (the config's
--- rule), so unit separators split them.
+-- rule), so unit separators split them; a NULL in the list is skipped (0008 made it a NULL
+-- term, which nothing could match).
 CREATE OR REPLACE FUNCTION pgobs.trail_observer_terms(observers text[]) RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN pg_catalog.cardinality(observers) > 0 THEN pg_catalog.string_to_array(
+    SELECT CASE WHEN pg_catalog.cardinality(pg_catalog.array_remove(observers, NULL)) > 0 THEN pg_catalog.string_to_array(
         'observer=' OPERATOR(pg_catalog.||)
         pg_catalog.array_to_string(observers, E'\x1fobserver='), E'\x1f') END
+$$;
+
+-- A day's partition, as 0008's, moving the records that wait in the default partition with
+-- every stored column the trail has (0008 listed its own, and dropped a batch record's jobs).
+CREATE OR REPLACE FUNCTION pgobs.trail_partition(day date) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name text := 'trail_p' || to_char(day, 'YYYYMMDD');
+    lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+    hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+    columns text;
+BEGIN
+    IF to_regclass('pgobs.' || name) IS NOT NULL THEN
+        RETURN name;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pgobs.trail_default WHERE at >= lo AND at < hi) THEN
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
+        FROM pg_attribute AS a
+        WHERE a.attrelid = 'pgobs.trail'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+          AND a.attgenerated = '';
+        EXECUTE format('CREATE TABLE pgobs.%I (LIKE pgobs.trail INCLUDING DEFAULTS '
+                       'INCLUDING GENERATED INCLUDING CONSTRAINTS)', name);
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM pgobs.trail_default WHERE at >= $1 AND at < $2 '
+            'RETURNING %1$s) INSERT INTO pgobs.%2$I (%1$s) OVERRIDING SYSTEM VALUE '
+            'SELECT * FROM moved', columns, name) USING lo, hi;
+        EXECUTE format('ALTER TABLE pgobs.trail ATTACH PARTITION pgobs.%I '
+                       'FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    ELSE
+        EXECUTE format('CREATE TABLE pgobs.%I PARTITION OF pgobs.trail '
+                       'FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+    END IF;
+    EXECUTE format('COMMENT ON TABLE pgobs.%I IS %L', name,
+                   'the trail records of ' || day || ' (UTC); dropped whole by maintain_audit');
+    RETURN name;
+END;
 $$;
 
 -- The shipper's cursor and its rejects name a job of a batch record by its seq.
@@ -118,6 +155,8 @@ ALTER TABLE pgobs.trail_rejects ADD COLUMN seq integer NOT NULL DEFAULT 0;
 ALTER TABLE pgobs.trail_rejects DROP CONSTRAINT trail_rejects_pkey;
 ALTER TABLE pgobs.trail_rejects ADD PRIMARY KEY (sink, trail_id, seq);
 
+-- Nothing of pgobs is PUBLIC's to call: a role that reads trail_records needs EXECUTE on
+-- trail_terms too (create_roles grants it to the operator and the worker).
 REVOKE EXECUTE ON FUNCTION
     pgobs.trail_terms(text, text, text, text, text, text, text, text, text, text, bigint, bigint,
                       integer, integer)

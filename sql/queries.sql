@@ -1074,13 +1074,15 @@ SET txid = EXCLUDED.txid, id = EXCLUDED.id, seq = EXCLUDED.seq,
     rejected = pgobs.trail_shipping.rejected + EXCLUDED.rejected, updated_at = now()
 
 -- name: trail_ship_backlog
--- Records not shipped yet (counted up to 1,000,000) and the age of the oldest.
+-- Documents not shipped yet (a batch record's jobs each; counted up to 1,000,000) and the age
+-- of the oldest.
 WITH cursor AS MATERIALIZED (
-    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id
+    SELECT coalesce(max(txid), '0') AS txid, coalesce(max(id), 0) AS id,
+           coalesce(max(seq), 0) AS seq
     FROM pgobs.trail_shipping WHERE sink = %(sink)s
 ), waiting AS (
-    SELECT t.at FROM cursor AS c, pgobs.trail AS t
-    WHERE (t.txid, t.id) > (c.txid, c.id)
+    SELECT t.at FROM cursor AS c, pgobs.trail_records AS t
+    WHERE (t.txid, t.id) >= (c.txid, c.id) AND (t.txid, t.id, t.seq) > (c.txid, c.id, c.seq)
     LIMIT 1000000
 )
 SELECT count(*), coalesce(extract(epoch FROM now() - min(at)), 0)::float8 FROM waiting

@@ -230,6 +230,8 @@ async def test_a_batch_record_ships_a_document_per_job(
     fake_es.up = True
     batch = add_batch(dsn, 5)
     fake_es.reject = {f"{batch}-4"}
+    backlog = query("trail_ship_backlog")
+    assert fetch(dsn, backlog, {"sink": "elasticsearch"})[0][0] == 5  # documents, not records
     shipper = Shipper(dsn, ShipperSettings(fake_es.url, batch_size=2, **FAST))
     async with anyio.create_task_group() as tg:
         tg.start_soon(shipper.run)
@@ -243,6 +245,10 @@ async def test_a_batch_record_ships_a_document_per_job(
     assert (third["seq"], third["duration_ms"], third["observer"]) == (3, 4.5, ["obs-a"])
     rejects = fetch(dsn, "SELECT trail_id, seq FROM pgobs.trail_rejects")
     assert rejects == [(batch, 4)]
+    assert fetch(dsn, backlog, {"sink": "elasticsearch"})[0][0] == 0
+    # The cursor inside a batch record: what is left of it is the backlog.
+    execute(dsn, "UPDATE pgobs.trail_shipping SET seq = 2")
+    assert fetch(dsn, backlog, {"sink": "elasticsearch"})[0][0] == 3
 
 
 @pytest.fixture
