@@ -140,7 +140,7 @@ def test_an_outage_is_held_off_fleet_wide_and_nothing_is_dead_lettered(
         time.sleep(DOWN_S)  # the outage's length is the point: nothing is waited for here
         flaky.default_status = 200
         up_at = time.monotonic()
-        wait_until(lambda: any(r.at > up_at for r in flaky.to("/hook")), timeout=10)
+        wait_until(lambda: any(r.at > up_at for r in flaky.to("/hook")), timeout=30)
         time.sleep(1.0)  # events keep coming after the recovery
         inserted = writer.stop()
         writer = None
