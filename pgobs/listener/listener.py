@@ -111,6 +111,39 @@ class Checkpoint:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events read from the slice and their plan (None when the slice is empty)."""
+
+    target: str  # the slice's target snapshot
+    events: list[Event]
+    size: int  # bytes received
+    drained: bool  # the slice had no more than this
+    plan: FanoutPlan | None
+    started: float  # perf_counter() when its read began
+
+    def after(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        """Where the checkpoint stands once this batch is written (a read's position): a new
+        snapshot when it drained the slice, else inside the slice after its last event."""
+        if self.drained:
+            return {"snapshot": self.target, "target": None, "txid": 0, "event_id": 0}
+        last = self.events[-1]
+        return {
+            "snapshot": checkpoint.snapshot,
+            "target": self.target,
+            "txid": last.txid,
+            "event_id": last.id,
+        }
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a task group raised: the write's, else the read's (the other is cancelled)."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
 class Listener:
     def __init__(
         self,
@@ -289,25 +322,36 @@ class Listener:
 
     async def _lead(self, conn: Connection) -> None:
         checkpoint = await self._load_checkpoint(conn)
+        # Reads go to a session of their own, so the next batch is read and planned while the
+        # leader's session writes this one (see _fan_out_loop).
+        name = f"pgobs reader {self.settings.listener_id} pid {os.getpid()}"
+        reader = await connect(self.dsn, autocommit=True, application_name=name[:63])
         self._set_state("running", leader=True)
         self.became_leader.set()
         log.info("listener %s is the leader (%s)", self.settings.listener_id, self.instance_id)
         wake = WakeLock(self.dsn)
         try:
+            await reader.execute(query("listener_session_settings"))
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wake.run)
                 tg.start_soon(LeaderMaintenance(self.dsn, self.settings.listener_id).run)
-                await self._fan_out_loop(conn, checkpoint, wake)
+                await self._fan_out_loop(conn, reader, checkpoint, wake)
         except BaseExceptionGroup as group:
             # WakeLock.run and LeaderMaintenance.run never raise: the loop's own error, for
             # _candidate_loop to handle.
             raise group.exceptions[0] from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
 
-    async def _fan_out_loop(self, conn: Connection, checkpoint: Checkpoint, wake: WakeLock) -> None:
+    async def _fan_out_loop(
+        self, conn: Connection, reader: Connection, checkpoint: Checkpoint, wake: WakeLock
+    ) -> None:
         idle_wait = FIRST_IDLE_WAIT_S
+        ahead: list[Batch] = []  # the next batch, read while this one was written
         while True:
             await self._beat(conn)
-            fetched = await self._fan_out_batch(conn, checkpoint)
+            fetched = await self._fan_out_batch(conn, reader, checkpoint, ahead)
             if fetched:
                 idle_wait = FIRST_IDLE_WAIT_S
                 if fetched >= BUSY_BATCH:
@@ -333,54 +377,82 @@ class Listener:
             return Checkpoint()
         return Checkpoint(snapshot=row[0], target=row[1], txid=row[2], event_id=row[3])
 
-    # -- one batch, one transaction ---------------------------------------------------------
+    # -- one batch: read and planned, then written in one transaction ------------------------
 
-    async def _fan_out_batch(self, conn: Connection, checkpoint: Checkpoint) -> int:
-        """Read the slice's next events; write their jobs, audit rows and the new checkpoint in
-        one statement. Returns how many events were read.
+    async def _fan_out_batch(
+        self, conn: Connection, reader: Connection, checkpoint: Checkpoint, ahead: list[Batch]
+    ) -> int:
+        """The next batch (the one in ``ahead``, else read on ``reader``) written on the leader's
+        session ``conn``; returns how many events it held. A full batch means more wait: the
+        next one is read and planned into ``ahead`` while this one is written. The read needs
+        no leader (see _read), and a failed write loses it with the session, as it would lose
+        an unread batch."""
+        batch = ahead.pop() if ahead else await self._read(reader, checkpoint.position())
+        if not batch.events:
+            # The slice is drained: what is visible in the target has all been fanned out.
+            # Kept in memory only; read from the stored checkpoint, the slice is empty too.
+            checkpoint.snapshot, checkpoint.target = batch.target, None
+            return 0
+        try:
+            async with anyio.create_task_group() as tg:
+                if not batch.drained:
+                    tg.start_soon(self._read_ahead, reader, batch.after(checkpoint), ahead)
+                await self._write(conn, checkpoint, batch)
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+        return len(batch.events)
 
-        Two round trips a batch. The read needs no transaction of its own: the events it
-        returns belong to transactions visible in the target snapshot, which have committed and
-        never change, and the write is atomic on the session that holds the leader lock, so a
-        leader that lost its session writes nothing.
+    async def _read_ahead(
+        self, reader: Connection, position: dict[str, Any], ahead: list[Batch]
+    ) -> None:
+        ahead.append(await self._read(reader, position))
+
+    async def _read(self, reader: Connection, position: dict[str, Any]) -> Batch:
+        """The slice's next events after ``position``, and their plan.
+
+        The read needs no transaction, nor the leader's session: the events it returns belong
+        to transactions visible in the target snapshot, which have committed and never change,
+        and the write is atomic on the session that holds the leader lock, so a leader that
+        lost its session writes nothing.
         """
         started = time.perf_counter()
-        async with conn.cursor(row_factory=args_row(_read_row)) as cur:
+        async with reader.cursor(row_factory=args_row(_read_row)) as cur:
             await cur.execute(
                 query("fetch_committed_events"),
                 {
-                    **checkpoint.position(),
+                    **position,
                     "limit": self.settings.batch_size,
                     "max_bytes": self.settings.batch_bytes,
                 },
             )
             rows = await cur.fetchall()
-        target = rows[0].target
-        if rows[0].event is None:
-            # The slice is drained: what is visible in the target has all been fanned out.
-            # Kept in memory only; read from the stored checkpoint, the slice is empty too.
-            checkpoint.snapshot, checkpoint.target = target, None
-            return 0
         events = [row.event for row in rows if row.event is not None]
         size = sum(row.size for row in rows)
         drained = len(rows) < self.settings.batch_size and size < self.settings.batch_bytes
-        plan = plan_fanout(events, self.index)
-        # A big batch can take a while to plan: beat again (when due), or a standby could take
-        # this busy leader for a frozen one.
+        plan = plan_fanout(events, self.index) if events else None
+        return Batch(rows[0].target, events, size, drained, plan, started)
+
+    async def _write(self, conn: Connection, checkpoint: Checkpoint, batch: Batch) -> None:
+        """The batch's jobs, trail records and the new checkpoint, in one statement on the
+        leader's session."""
+        plan = batch.plan
+        assert plan is not None
+        # A big batch can take a while to read and plan: beat again (when due), or a standby
+        # could take this busy leader for a frozen one.
         if self.is_leader:
             await self._beat(conn)
         if self.dedup_redis is not None and plan.gates.items:
             await self.dedup_redis.screen(plan.gates)
-        last = events[-1]
-        after = (target, None) if drained else (checkpoint.snapshot, target)
+        after = batch.after(checkpoint)
+        last = batch.events[-1]
         written = await conn.execute(
             query("fan_out"),
             {
                 **plan.params(),
-                "trail_event_ids": [event.id for event in events] if self.settings.trail else [],
+                "trail_event_ids": [e.id for e in batch.events] if self.settings.trail else [],
                 "listener_id": self.settings.listener_id,
-                "snapshot": after[0],
-                "target": after[1],
+                "snapshot": after["snapshot"],
+                "target": after["target"],
                 "txid": last.txid,
                 "event_id": last.id,
                 "last_processed_at": last.created_at,
@@ -390,19 +462,20 @@ class Listener:
         if self.dedup_redis is not None:
             await self.dedup_redis.committed(plan.gates)
         self._count_skipped(plan)
-        checkpoint.snapshot, checkpoint.target = after
+        checkpoint.snapshot, checkpoint.target = after["snapshot"], after["target"]
         checkpoint.txid, checkpoint.event_id = last.txid, last.id
         if plan.matched and self.jobs_written is not None:
             self.jobs_written()
-        self.events_processed += len(events)
-        metrics.events_processed.labels(**self._labels).inc(len(events))
-        metrics.listener_batch_bytes.observe(size)
+        events = len(batch.events)
+        self.events_processed += events
+        metrics.events_processed.labels(**self._labels).inc(events)
+        metrics.listener_batch_bytes.observe(batch.size)
         for observer, count in plan.matched.items():
             metrics.jobs_created.labels(observer).inc(count)
         for observer, count in plan.events_matched.items():
             metrics.events_matched.labels(observer).inc(count)
-        metrics.event_processing_duration.observe((time.perf_counter() - started) / len(events))
-        return len(events)
+        elapsed = time.perf_counter() - batch.started
+        metrics.event_processing_duration.observe(elapsed / events)
 
     def _count_skipped(self, plan: FanoutPlan) -> None:
         for skipped in plan.skipped:

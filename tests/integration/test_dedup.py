@@ -274,7 +274,7 @@ def test_a_redis_claim_of_a_batch_that_never_committed_does_not_swallow_the_even
     async def batch(listener: Listener, commit: bool) -> int:
         conn = await connect(orders, autocommit=commit)
         try:
-            got = await listener._fan_out_batch(conn, Checkpoint())
+            got = await listener._fan_out_batch(conn, conn, Checkpoint(), [])
             if not commit:
                 await conn.rollback()  # dies before its COMMIT
             return got
@@ -300,7 +300,7 @@ def test_a_redis_claim_of_a_batch_that_never_committed_does_not_swallow_the_even
         conn = await connect(orders, autocommit=True)
         checkpoint = Checkpoint()
         try:
-            while await third._fan_out_batch(conn, checkpoint):
+            while await third._fan_out_batch(conn, conn, checkpoint, []):
                 pass
         finally:
             await conn.close()

@@ -18,7 +18,7 @@ from pgobs.db.connect import connect
 from pgobs.db.migrate import migrate
 from pgobs.db.notify import Doorbell
 from pgobs.db.sqlfiles import migration_files, query
-from pgobs.listener.listener import Checkpoint, Listener, ListenerSettings
+from pgobs.listener.listener import Batch, Checkpoint, Listener, ListenerSettings
 from pgobs.observability import metrics
 from tests.inprocess import ALL_ORDERS, InProcessListener
 from tests.support import execute, fetch, scalar, wait_until
@@ -101,24 +101,28 @@ def test_small_batches_restarts_and_open_transactions_lose_and_double_nothing(
 
 
 def run_batches(dsn: str, settings: ListenerSettings) -> list[tuple[int, int]]:
-    """Fan out everything, batch by batch; (events, bytes) of each batch."""
+    """Fan out everything, batch by batch, each full batch's successor read on a session of its
+    own while it is written (as the leader does); (events, bytes) of each batch."""
     config, _ = parse_config(ALL_ORDERS, "test")
     assert config is not None
     listener = Listener(dsn, config, Doorbell(), settings)
 
     async def main() -> list[tuple[int, int]]:
         conn = await connect(dsn, autocommit=True)
+        reader = await connect(dsn, autocommit=True)
         checkpoint = Checkpoint()
+        ahead: list[Batch] = []
         batches = []
         try:
             while True:
                 before = metrics.listener_batch_bytes._sum.get()
-                got = await listener._fan_out_batch(conn, checkpoint)
+                got = await listener._fan_out_batch(conn, reader, checkpoint, ahead)
                 if not got:
                     return batches
                 batches.append((got, int(metrics.listener_batch_bytes._sum.get() - before)))
         finally:
             await conn.close()
+            await reader.close()
 
     return anyio.run(main)
 
@@ -282,7 +286,7 @@ def test_lag_counts_committed_events_not_yet_fanned_out(orders: str) -> None:
         conn = await connect(orders, autocommit=True)
         try:
             checkpoint = await listener._load_checkpoint(conn)
-            return await listener._fan_out_batch(conn, checkpoint)
+            return await listener._fan_out_batch(conn, conn, checkpoint, [])
         finally:
             await conn.close()
 
@@ -317,7 +321,7 @@ def test_a_fan_out_that_wrote_jobs_wakes_the_workers_of_its_process(orders: str)
         conn = await connect(orders, autocommit=True)
         try:
             checkpoint = await listener._load_checkpoint(conn)
-            return await listener._fan_out_batch(conn, checkpoint)
+            return await listener._fan_out_batch(conn, conn, checkpoint, [])
         finally:
             await conn.close()
 
