@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import httpx
 
-from pgobs.actions.egress import EgressDenied, EgressPolicy, check_url, peer_check
 from pgobs.actions.failures import ActionFailed
 from pgobs.actions.redact import Secrets, shown_url, url_secrets
+from pgobs.reliability.egress import EgressDenied, EgressPolicy, check_url, peer_check
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
 EXCERPT_BYTES = 2048  # read for the error message...

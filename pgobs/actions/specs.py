@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy
+from pgobs.reliability.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.templates import BodyTemplate, Template
 
 

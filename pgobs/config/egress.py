@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 
-from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy, Network
 from pgobs.config.fields import Fields
+from pgobs.reliability.egress import DEFAULT_EGRESS, EgressPolicy, Network
 
 
 def parse_egress(top: Fields) -> EgressPolicy:

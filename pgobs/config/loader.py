@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path as FsPath
 from typing import Any
 
-from pgobs.actions.egress import EgressPolicy, is_private, literal_address
 from pgobs.actions.specs import (
     ActionSpec,
     SlackSpec,
@@ -29,6 +28,8 @@ from pgobs.config.model import EVENT_TYPE_ALIASES, Config, Observer, RetryPolicy
 from pgobs.config.report import ConfigInvalid, ConfigIssue, Issues
 from pgobs.config.yamlsource import load_yaml
 from pgobs.errors import ConfigError
+from pgobs.reliability.egress import EgressPolicy, is_private, literal_address
+from pgobs.reliability.specs import HttpLookup
 
 MAX_DELAY_MS = 86_400_000  # a day: a retry further out is a DLQ entry's job, not a delay
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -195,7 +196,12 @@ def _observer(
         else None
     )
     dedup = parse_dedup(f)
-    enrich = parse_enrich(f)
+    enrich = tuple(
+        dataclasses.replace(lookup, source=dataclasses.replace(lookup.source, egress=egress))
+        if isinstance(lookup.source, HttpLookup)
+        else lookup
+        for lookup in parse_enrich(f)
+    )
     f.finish()
     return Observer(
         name=name,

@@ -2,6 +2,10 @@
 through the cache. Their results are ``enrich.<name>`` to templates and ``event.enrich[name]`` to
 handlers. A lookup that fails fails the job, transiently: it is retried, never run with a
 missing value.
+
+HTTP lookups go where webhooks may go: the file's egress policy is checked on the URL and on the
+address connected to, as for deliveries (``pgobs.reliability.egress``), and an answer is read up
+to ``MAX_ANSWER_BYTES``, never held whole past it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from pgobs.db.connect import Connection
 from pgobs.events import Event
 from pgobs.observability import metrics
 from pgobs.reliability.cache import Cache
+from pgobs.reliability.egress import EgressDenied, check_url, peer_check
 from pgobs.reliability.specs import HttpLookup, Lookup, SqlLookup
+
+MAX_ANSWER_BYTES = 1024 * 1024  # an HTTP lookup's answer past this fails the lookup
 
 
 class LookupFailed(Exception):
@@ -104,13 +111,26 @@ class Enricher:
         url = source.url.render(context)
         headers = {key: value.render(context) for key, value in source.headers}
         try:
-            response = await self.http.get(url, headers=headers)
+            check_url(url, source.egress)
+            async with self.http.stream(
+                "GET", url, headers=headers, extensions={"trace": peer_check(source.egress)}
+            ) as response:
+                if response.status_code // 100 != 2:
+                    raise LookupFailed(f"lookup {name}: HTTP {response.status_code}")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise LookupFailed(
+                            f"lookup {name}: the answer is larger than "
+                            f"{MAX_ANSWER_BYTES // 1024 // 1024} MiB"
+                        )
+        except EgressDenied as exc:
+            raise LookupFailed(f"lookup {name}: refused by the egress policy: {exc}") from None
         except httpx.HTTPError as exc:
-            raise LookupFailed(f"lookup {name}: {type(exc).__name__} calling it") from exc
-        if response.status_code // 100 != 2:
-            raise LookupFailed(f"lookup {name}: HTTP {response.status_code}")
+            raise LookupFailed(f"lookup {name}: {type(exc).__name__} calling it") from None
         try:
-            return jsoncodec.decode(response.content)
+            return jsoncodec.decode(bytes(body))
         except ValueError as exc:
             raise LookupFailed(f"lookup {name}: the answer is not JSON") from exc
 

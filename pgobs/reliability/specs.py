@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pgobs.reliability.egress import DEFAULT_EGRESS, EgressPolicy
 from pgobs.templates import Template
 
 # %(name)s placeholders of a SQL lookup: each is the event's data field of that name, or an
@@ -25,6 +26,7 @@ class DedupPolicy:
 class HttpLookup:
     url: Template
     headers: tuple[tuple[str, Template], ...] = ()
+    egress: EgressPolicy = DEFAULT_EGRESS  # the file's egress: key, set by the loader
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ class CustomerService:
             if match is None:
                 return 404, {}
             ident = match.group(1)
+            if ident == "big":
+                return 200, {"blob": "x" * (2 * 1024 * 1024)}
             if self.fail.get(ident):
                 self.fail[ident] -= 1
                 return 503, {"error": "down"}
@@ -174,6 +176,50 @@ def test_a_lookup_that_keeps_failing_dead_letters_the_job_with_its_reason(
         assert "lookup customer: HTTP 503" in errors
         assert receiver.to("/orders") == []
         assert len(customers.calls) == 5
+    finally:
+        worker.stop()
+
+
+GUARDED_CONFIG = """
+egress: {{deny: ["127.0.0.0/8"]}}
+observers:
+  - name: obs-enriched
+    entity: Order
+    retry: {{max_attempts: 2, initial_delay_ms: 50, max_delay_ms: 50}}
+    enrich:
+      - name: customer
+        http: {{url: "{service}/customers/{{{{ data.customer_id }}}}"}}
+    actions: [{{type: log}}]
+"""
+
+
+def test_lookups_obey_the_egress_policy_and_a_bound_on_answers(
+    orders: str, tmp_path: Path, customers: CustomerService
+) -> None:
+    """An HTTP lookup reaches only what webhooks may: a name resolving to a refused address is
+    refused on the address it connected to, before a byte is sent; an answer past 1 MiB fails
+    the lookup instead of being held whole."""
+    by_name = customers.url.replace("127.0.0.1", "localhost")
+    worker = start(orders, tmp_path, GUARDED_CONFIG.format(service=by_name))
+    try:
+        execute(orders, "INSERT INTO orders VALUES (1, 7)")
+        wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.dlq") == 1, timeout=30)
+        errors = scalar(orders, "SELECT errors::text FROM pgobs.dlq")
+        assert "lookup customer: refused by the egress policy" in errors, errors
+        assert customers.calls == []
+    finally:
+        worker.stop()
+    execute(orders, "DELETE FROM pgobs.dlq")
+    big = GUARDED_CONFIG.replace('egress: {{deny: ["127.0.0.0/8"]}}\n', "").replace(
+        "/customers/{{{{ data.customer_id }}}}", "/customers/big"
+    )
+    worker = start(orders, tmp_path, big.format(service=customers.url))
+    try:
+        execute(orders, "INSERT INTO orders VALUES (2, 8)")
+        wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.dlq") == 1, timeout=30)
+        errors = scalar(orders, "SELECT errors::text FROM pgobs.dlq")
+        assert "lookup customer: the answer is larger than 1 MiB" in errors, errors
+        assert customers.calls == ["/customers/big"] * 2
     finally:
         worker.stop()
 

@@ -7,10 +7,10 @@ from ipaddress import ip_address, ip_network
 import httpx
 import pytest
 
-from pgobs.actions.egress import DEFAULT_EGRESS, EgressPolicy, literal_address
 from pgobs.actions.failures import ActionFailed
 from pgobs.actions.http import deliver
 from pgobs.config.loader import parse_config
+from pgobs.reliability.egress import DEFAULT_EGRESS, EgressPolicy, literal_address
 
 
 @pytest.mark.parametrize(
