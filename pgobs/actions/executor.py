@@ -190,7 +190,7 @@ class ActionExecutor:
                 event = await self.enricher.enrich(lookups, event, call.observer)
             status_code = await self._dispatch(spec, call, event)
         except LookupFailed as exc:
-            failure = Failure(str(exc), "transient")
+            failure = Failure(str(exc), "permanent" if exc.permanent else "transient")
         except ActionFailed as exc:
             failure = Failure(exc.message, exc.kind, exc.retry_after_s, exc.status_code)
         except TemplateFailed as exc:

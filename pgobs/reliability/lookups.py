@@ -1,7 +1,7 @@
 """Enrichment: an observer's named lookups (HTTP or SQL), run before its actions, concurrently,
 through the cache. Their results are ``enrich.<name>`` to templates and ``event.enrich[name]`` to
 handlers. A lookup that fails fails the job, transiently: it is retried, never run with a
-missing value.
+missing value; one whose target the egress policy refuses fails for good.
 
 HTTP lookups go where webhooks may go: the file's egress policy is checked on the URL and on the
 address connected to, as for deliveries (``pgobs.reliability.egress``), and an answer is read up
@@ -30,7 +30,12 @@ MAX_ANSWER_BYTES = 1024 * 1024  # an HTTP lookup's answer past this fails the lo
 
 
 class LookupFailed(Exception):
-    """A lookup did not answer; the job fails transiently with this message."""
+    """A lookup did not answer; the job fails with this message, transiently unless retrying
+    cannot help (``permanent``: the egress policy refuses the target)."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Enricher:
@@ -126,7 +131,9 @@ class Enricher:
                             f"{MAX_ANSWER_BYTES // 1024 // 1024} MiB"
                         )
         except EgressDenied as exc:
-            raise LookupFailed(f"lookup {name}: refused by the egress policy: {exc}") from None
+            raise LookupFailed(
+                f"lookup {name}: refused by the egress policy: {exc}", permanent=True
+            ) from None
         except httpx.HTTPError as exc:
             raise LookupFailed(f"lookup {name}: {type(exc).__name__} calling it") from None
         try:

@@ -197,8 +197,8 @@ def test_lookups_obey_the_egress_policy_and_a_bound_on_answers(
     orders: str, tmp_path: Path, customers: CustomerService
 ) -> None:
     """An HTTP lookup reaches only what webhooks may: a name resolving to a refused address is
-    refused on the address it connected to, before a byte is sent; an answer past 1 MiB fails
-    the lookup instead of being held whole."""
+    refused on the address it connected to, before a byte is sent, and for good; an answer past
+    1 MiB fails the lookup instead of being held whole."""
     by_name = customers.url.replace("127.0.0.1", "localhost")
     worker = start(orders, tmp_path, GUARDED_CONFIG.format(service=by_name))
     try:
@@ -206,6 +206,7 @@ def test_lookups_obey_the_egress_policy_and_a_bound_on_answers(
         wait_until(lambda: scalar(orders, "SELECT count(*) FROM pgobs.dlq") == 1, timeout=30)
         errors = scalar(orders, "SELECT errors::text FROM pgobs.dlq")
         assert "lookup customer: refused by the egress policy" in errors, errors
+        assert scalar(orders, "SELECT attempts FROM pgobs.dlq") == 1  # for good: not retried
         assert customers.calls == []
     finally:
         worker.stop()
