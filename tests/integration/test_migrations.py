@@ -108,3 +108,41 @@ def test_event_ids_are_bigint(dsn: str) -> None:
             "WHERE table_schema = 'pgobs' AND column_name = 'id'"
         ).fetchall()
     assert types and all(t == "bigint" for _, t in types)
+
+
+def test_tables_tracked_before_0015_keep_being_captured(empty_dsn: str) -> None:
+    """0015 makes capture refuse tables pgobs.tracked does not list: the migration must list
+    every table tracked before it, or their writes would fail."""
+
+    def apply(versions: range) -> None:
+        for version, path in migration_files():
+            if int(version) in versions:
+                subprocess.run(
+                    ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", empty_dsn, "-f", str(path)],
+                    check=True,
+                    capture_output=True,
+                )
+
+    apply(range(1, 15))
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+                     "PARTITION BY LIST (region)")  # fmt: skip
+        conn.execute("CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+        conn.execute("CREATE TABLE plain (id int PRIMARY KEY)")
+        conn.execute("SELECT pgobs.track('m', 'M')")
+        conn.execute("SELECT pgobs.track('plain', 'Plain')")
+    apply(range(15, 10_000))
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        tracked = conn.execute("SELECT root::text, entity FROM pgobs.tracked ORDER BY 1").fetchall()
+        assert tracked == [("m", "M"), ("plain", "Plain")]
+        conn.execute("INSERT INTO m VALUES (1, 'eu')")
+        conn.execute("TRUNCATE m_eu")
+        conn.execute("INSERT INTO plain VALUES (1)")
+        conn.execute("TRUNCATE plain")
+        events = conn.execute("SELECT entity_type, event_type FROM pgobs.events ORDER BY id")
+        assert events.fetchall() == [
+            ("M", "INSERT"),
+            ("M", "TRUNCATE"),
+            ("Plain", "INSERT"),
+            ("Plain", "TRUNCATE"),
+        ]

@@ -11,7 +11,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import Receiver, Worker, execute, pgobs_env, run_pgobs, scalar, wait_until
+from tests.support import (
+    Receiver,
+    Worker,
+    execute,
+    fetch,
+    pgobs_env,
+    run_pgobs,
+    scalar,
+    wait_until,
+)
 
 FORGERIES = [
     "INSERT INTO pgobs.events (entity_type, event_type, data) VALUES ('Order', 'INSERT', '{}')",
@@ -237,3 +246,52 @@ def test_create_roles_grants_what_every_migration_added(dsn: str) -> None:
     # and nothing more than before: the worker still cannot change settings or forge events.
     assert not scalar(dsn, "SELECT has_table_privilege('pgobs_worker', 'pgobs.settings', 'UPDATE')")
     assert not scalar(dsn, "SELECT has_table_privilege('pgobs_worker', 'pgobs.events', 'INSERT')")
+
+
+def test_the_owner_of_a_tracked_partitioned_table_adds_partitions_and_cannot_forge(
+    dsn: str,
+) -> None:
+    """Issue 8: once a partitioned table was tracked, its owner (not a superuser) could no longer
+    create or attach a partition: Postgres clones the capture trigger as that role, which had no
+    right to the function. track() grants it; the owner, who could then attach capture to tables
+    of its own, finds it refusing every table and entity type track() did not set up."""
+    with login_role(dsn) as owner:
+        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+                "PARTITION BY LIST (region)")  # fmt: skip
+        execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+        execute(owner, "CREATE TABLE b (id int PRIMARY KEY, region text)")
+        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        execute(owner, "CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us')")
+        execute(owner, "CREATE TABLE m_ap (id int NOT NULL, region text NOT NULL)")
+        execute(owner, "ALTER TABLE m ATTACH PARTITION m_ap FOR VALUES IN ('ap')")
+        execute(owner, "INSERT INTO m VALUES (1, 'us'), (2, 'ap'), (3, 'eu')")
+        execute(owner, "UPDATE m SET region = 'us' WHERE id = 3")  # moves across partitions
+        execute(owner, "TRUNCATE m_ap")
+        events = fetch(dsn, "SELECT entity_type, entity_id, event_type FROM pgobs.events "
+                       "ORDER BY id")  # fmt: skip
+        assert events == [
+            ("M", "1,us", "INSERT"),
+            ("M", "2,ap", "INSERT"),
+            ("M", "3,eu", "INSERT"),
+            ("M", "3,us", "UPDATE"),
+            ("M", None, "TRUNCATE"),
+        ]
+        # With the schema usable, the owner can name the functions: capture refuses to write.
+        execute(dsn, f"GRANT USAGE ON SCHEMA pgobs TO {scalar(owner, 'SELECT current_user')}")
+        forgeries = [
+            ("b", "AFTER INSERT", "FOR EACH ROW", "capture_partitioned('M', '0', 'INSERT', 'id')",
+             "INSERT INTO b VALUES (9, 'eu')"),
+            ("m", "AFTER INSERT", "FOR EACH ROW",
+             "capture_partitioned('Payment', '0', 'INSERT', 'id', 'region')",
+             "INSERT INTO m VALUES (10, 'eu')"),
+            ("b", "BEFORE TRUNCATE", "FOR EACH STATEMENT", "capture_truncate('M', '0')",
+             "TRUNCATE b"),
+        ]  # fmt: skip
+        for table, when, level, call, write in forgeries:
+            execute(owner, f"CREATE TRIGGER forged {when} ON {table} {level} "
+                    f"EXECUTE FUNCTION pgobs.{call}")  # fmt: skip
+            assert refused(owner, write) == "InsufficientPrivilege", call
+            execute(owner, f"DROP TRIGGER forged ON {table}")
+        assert scalar(dsn, "SELECT count(*) FROM pgobs.events") == len(events)
+        execute(dsn, "SELECT pgobs.untrack('m')")
+        assert fetch(dsn, "SELECT root::text FROM pgobs.tracked") == []
