@@ -771,6 +771,11 @@ ORDER BY observer
 -- Whole rows, so columns a later migration adds show up without a change here.
 SELECT to_jsonb(c) FROM pgobs.circuits AS c WHERE c.state <> 'closed' ORDER BY c.target
 
+-- name: status_sinks
+-- Each sink the trail ships to: its counts and how long ago its cursor last moved.
+SELECT sink, shipped, rejected, extract(epoch FROM now() - updated_at)::float8
+FROM pgobs.trail_shipping ORDER BY sink
+
 -- name: debug_event
 SELECT id, entity_type, event_type, data, entity_id, old_data, changed_fields, tenant, actor,
        created_at, txid::text::bigint AS txid

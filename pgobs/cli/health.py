@@ -70,6 +70,18 @@ class ObserverJobs:
 
 
 @dataclass(frozen=True, slots=True)
+class Sink:
+    """Where the trail ships (pgobs.trail_shipping): what went, and what waits."""
+
+    sink: str
+    shipped: int
+    rejected: int
+    last_shipped_age_s: float  # since the cursor last moved
+    backlog: int  # documents waiting, counted up to 1,000,000
+    oldest_age_s: float  # of the oldest waiting
+
+
+@dataclass(frozen=True, slots=True)
 class Thresholds:
     max_lag_s: float
     max_heartbeat_age_s: float
@@ -82,6 +94,7 @@ class Status:
     jobs: list[ObserverJobs]
     dlq: list[dict[str, Any]]
     circuits: list[dict[str, Any]]
+    sinks: list[Sink] | None  # None: this role may not read the shipping cursor
     problems: list[str] = field(default_factory=list)
 
 
@@ -110,8 +123,28 @@ async def read_status(conn: Connection, listener_id: str | None) -> Status:
     circuits = [row[0] for row in await circuits_cur.fetchall()]
     dead = await dlq.stats(conn, by_observer=True)
     return Status(
-        sorted(listeners.values(), key=lambda s: s.listener_id), writers, jobs, dead, circuits
+        sorted(listeners.values(), key=lambda s: s.listener_id),
+        writers,
+        jobs,
+        dead,
+        circuits,
+        await _sinks(conn),
     )
+
+
+async def _sinks(conn: Connection) -> list[Sink] | None:
+    """Each sink the trail has shipped to, with its backlog (trail_ship_backlog)."""
+    try:
+        cur = await conn.execute(query("status_sinks"))
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    sinks = []
+    for name, shipped, rejected, age in await cur.fetchall():
+        backlog = await conn.execute(query("trail_ship_backlog"), {"sink": name})
+        row = await backlog.fetchone()
+        waiting, oldest = row if row is not None else (0, 0.0)
+        sinks.append(Sink(name, shipped, rejected, age, waiting, oldest))
+    return sinks
 
 
 async def _measure_lag(conn: Connection, status: ListenerStatus) -> None:

@@ -30,7 +30,8 @@ def status(
     dsn: Dsn = None,
 ) -> int:
     """Health of the deployment: listeners (leader, heartbeat, lag, open transactions holding
-    events back), jobs per observer, dead letters, open circuits.
+    events back), jobs per observer, dead letters, open circuits, and what the trail's search
+    sinks (Elasticsearch) have shipped and have waiting.
 
     Exits 0 when healthy; 1 when a listener id has no leader, lags over --max-lag or an instance's
     heartbeat is older than --max-heartbeat-age, with each reason on stderr.
@@ -72,6 +73,9 @@ def as_json(found: Status) -> dict[str, Any]:
         "jobs": [dataclasses.asdict(j) for j in found.jobs],
         "dlq": found.dlq,
         "open_circuits": found.circuits,
+        "search_sinks": None
+        if found.sinks is None
+        else [dataclasses.asdict(sink) for sink in found.sinks],
     }
 
 
@@ -145,3 +149,17 @@ def print_text(found: Status, detailed: bool) -> None:
         shown = {k: v for k, v in c.items() if k not in ("target", "state") and v is not None}
         extra = "".join(f", {k} {v}" for k, v in shown.items()) if detailed else ""
         print(f"  {c.get('target')}: {c.get('state')}{extra}")
+    if found.sinks is None:
+        print("search sinks: not readable by this role (pgobs.trail_shipping)")
+        return
+    print("search sinks" + ("" if found.sinks else ": none (the trail is searched in Postgres)"))
+    for sink in found.sinks:
+        waiting = (
+            f"{sink.backlog} waiting, the oldest {_age(sink.oldest_age_s)}"
+            if sink.backlog
+            else "nothing waiting"
+        )
+        print(
+            f"  {sink.sink}: {sink.shipped} shipped, {sink.rejected} rejected; {waiting}; "
+            f"last shipped {_age(sink.last_shipped_age_s)} ago"
+        )

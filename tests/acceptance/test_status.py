@@ -169,6 +169,7 @@ def test_the_operator_role_reads_status_and_debugs_events(
         (default,) = doc["listeners"]
         assert default["lag_measured"] == "at the leader's last heartbeat"
         assert default["leader"]["pid"] == listener.pid
+        assert doc["search_sinks"] is None  # the shipping cursor is not the operator's to read
         explained = run_pgobs(
             operator, "debug-event", "--event-id", str(event_id), "--config", str(config)
         )
@@ -199,3 +200,21 @@ def test_a_retired_listener_id_still_holding_events_stays_unhealthy(
     assert one.returncode == 1 and doc["problems"] == [problem]
     execute(orders, "DELETE FROM pgobs.checkpoints WHERE listener_id = 'shard-b'")
     assert status(orders)[0].returncode == 0
+
+
+def test_status_shows_what_a_search_sink_has_shipped_and_what_waits(orders: str) -> None:
+    """Issue 11: the Elasticsearch backlog was only in the metrics of the shipping worker."""
+    assert status(orders)[1]["search_sinks"] == []
+    assert "search sinks: none" in run_pgobs(orders, "status").stdout
+    execute(orders, "INSERT INTO pgobs.trail (kind, status) SELECT 'event', 'received' "
+            "FROM generate_series(1, 3)")  # fmt: skip
+    execute(orders, "INSERT INTO pgobs.trail_shipping (sink, txid, id, shipped, rejected, "
+            "updated_at) SELECT 'elasticsearch', min(txid), min(id), 40, 2, now() - "
+            "interval '5 minutes' FROM pgobs.trail")  # fmt: skip
+    (sink,) = status(orders)[1]["search_sinks"]
+    assert (sink["sink"], sink["shipped"], sink["rejected"], sink["backlog"]) == (
+        "elasticsearch", 40, 2, 2,
+    )  # fmt: skip
+    assert 299 <= sink["last_shipped_age_s"] < 3600
+    text = run_pgobs(orders, "status").stdout
+    assert "elasticsearch: 40 shipped, 2 rejected; 2 waiting, the oldest" in text, text
