@@ -731,7 +731,9 @@ SELECT cron.unschedule(%(jobid)s)
 -- listener or by `pgobs metrics`: rows of (kind, name, state, value, age in seconds).
 -- jobs: per observer and state, with the oldest job's age; dlq: dead letters per observer;
 -- heartbeat: the age of the newest heartbeat of each listener id's candidates that have not
--- stopped (it grows when all of them died); lag: each leader's last reported lag in seconds.
+-- stopped (it grows when all of them died); lag: each leader's last reported lag in seconds;
+-- leaders: each listener id's running leaders, over every candidate row (stopped ones too, so
+-- an id whose candidates all stopped cleanly shows 0 until maintenance retires its rows).
 -- Only tables pgobs_operator may read, so `pgobs metrics` works with that role.
 SELECT 'jobs', observer, state, count(*)::float8,
        extract(epoch FROM now() - min(created_at))::float8
@@ -744,6 +746,10 @@ FROM pgobs.listeners WHERE state <> 'stopped' GROUP BY listener_id
 UNION ALL
 SELECT 'lag', listener_id, '', max(lag_seconds), 0
 FROM pgobs.listeners WHERE is_leader AND state <> 'stopped' GROUP BY listener_id
+UNION ALL
+SELECT 'leaders', listener_id, '',
+       (count(*) FILTER (WHERE is_leader AND state = 'running'))::float8, 0
+FROM pgobs.listeners GROUP BY listener_id
 
 -- name: status_listeners
 -- Listener instances for `pgobs status`: stopped ones too, so a listener id whose every

@@ -34,6 +34,7 @@ class FleetReading:
     dlq: dict[str, int] = field(default_factory=dict)  # observer -> dead letters
     heartbeat_age_s: dict[str, float] = field(default_factory=dict)  # listener_id -> age
     lag_s: dict[str, float] = field(default_factory=dict)  # listener_id -> the leader's lag
+    leaders: dict[str, int] = field(default_factory=dict)  # listener_id -> running leaders
     read_at: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -57,6 +58,8 @@ class FleetReading:
                 reading.heartbeat_age_s[name] = value
             elif kind == "lag":
                 reading.lag_s[name] = value
+            elif kind == "leaders":
+                reading.leaders[name] = int(value)
         return reading
 
     def heartbeat_ages(self) -> dict[str, float]:
@@ -96,7 +99,16 @@ class FleetReading:
         )
         for listener_id, age in sorted(self.heartbeat_ages().items()):
             heartbeat.add_metric([listener_id], age)
-        return [jobs, oldest, dlq, total, heartbeat]
+        leaders = GaugeMetricFamily(
+            "observer_listener_leaders",
+            "Running leaders of each listener id the database knows (its candidates' rows, "
+            "stopped ones too): 0 when every candidate of an id stopped, which its own "
+            "processes, gone, can no longer report.",
+            labels=["listener_id"],
+        )
+        for listener_id, count in sorted(self.leaders.items()):
+            leaders.add_metric([listener_id], count)
+        return [jobs, oldest, dlq, total, heartbeat, leaders]
 
 
 class FleetGauges(Collector):

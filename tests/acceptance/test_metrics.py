@@ -100,6 +100,7 @@ def test_action_metrics_carry_the_observer_and_the_leader_publishes_the_fleet(
             assert value(text, name, **labels) == expected, (name, labels)
         age = value(text, "observer_listener_heartbeat_age_seconds", listener_id="default")
         assert age is not None and 0 <= age < 30
+        assert value(text, "observer_listener_leaders", listener_id="default") == 1
         assert get(port, "/healthz") == (200, "ok\n")
         assert wait_until(lambda: get(port, "/readyz") == (200, "ready\n"))
 

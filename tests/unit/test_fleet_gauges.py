@@ -14,6 +14,8 @@ ROWS = [
     ("dlq", "gone", "", 1.0, 0.0),  # no longer in the config, still has dead letters
     ("heartbeat", "default", "", 0.5, 0.0),
     ("lag", "default", "", 4.0, 0.0),
+    ("leaders", "default", "", 1.0, 0.0),
+    ("leaders", "shard-2", "", 0.0, 0.0),  # every candidate stopped: only the database knows
 ]
 
 
@@ -36,6 +38,8 @@ def test_a_reading_fills_zeros_for_configured_observers_and_keeps_the_rest() -> 
     assert found[("observer_dlq_items_total", ())] == 4
     # The lag is each listener's own gauge: the fleet reading keeps it for `pgobs metrics` only.
     assert not any(name == "observer_listener_lag_seconds" for name, _ in found)
+    assert found[("observer_listener_leaders", ("default",))] == 1
+    assert found[("observer_listener_leaders", ("shard-2",))] == 0
 
 
 def test_heartbeat_ages_grow_while_no_new_reading_comes() -> None:
