@@ -39,6 +39,8 @@ METADATA_HOSTS: dict[str, Address] = {
     "metadata.google.internal": IPv4Address("169.254.169.254"),
     "metadata.goog": IPv4Address("169.254.169.254"),
 }
+NAT64_WELL_KNOWN = ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ip_network("::/96")
 PRIVATE: tuple[Network, ...] = (
     ip_network("10.0.0.0/8"),
     ip_network("172.16.0.0/12"),
@@ -54,8 +56,7 @@ class EgressPolicy:
 
     def refusal(self, address: Address) -> str | None:
         """Why ``address`` may not be reached, or None when it may."""
-        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = reached(address)
         best: tuple[int, int, bool, Network] | None = None  # prefix, from the file, allow, net
         rules = (
             [(net, True, 0) for net in LOOPBACK]
@@ -122,9 +123,21 @@ def _numeric_ipv4(host: str) -> IPv4Address | None:
 
 
 def is_private(address: Address) -> bool:
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # [::ffff:10.0.0.1] reaches 10.0.0.1
-    return any(address in net for net in PRIVATE)
+    return any(reached(address) in net for net in PRIVATE)
+
+
+def reached(address: Address) -> Address:
+    """The IPv4 address an IPv6 one stands for, where it embeds one: IPv4-mapped
+    ([::ffff:10.0.0.1] reaches 10.0.0.1), NAT64 with the well-known prefix (on a NAT64 network
+    [64:ff9b::a9fe:a9fe] reaches 169.254.169.254; RFC 6052) and IPv4-compatible (::a.b.c.d,
+    deprecated, still routed by some stacks). Else the address itself."""
+    if not isinstance(address, IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64_WELL_KNOWN or (address in IPV4_COMPATIBLE and int(address) > 1):
+        return IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
 
 
 Trace = Callable[[str, dict[str, Any]], Awaitable[None]]

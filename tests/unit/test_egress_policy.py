@@ -21,6 +21,10 @@ from pgobs.reliability.egress import DEFAULT_EGRESS, EgressPolicy, literal_addre
         ("fd00:ec2::254", True),
         ("fe80::1", True),
         ("::ffff:169.254.169.254", True),  # IPv4-mapped is the IPv4 address
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 (RFC 6052) reaches 169.254.169.254
+        ("64:ff9b::169.254.169.254", True),
+        ("::169.254.169.254", True),  # IPv4-compatible, deprecated but routed by some stacks
+        ("64:ff9b::5db8:d822", False),  # NAT64 of a public address
         ("100.100.100.200", True),
         ("127.0.0.1", False),
         ("::1", False),
@@ -87,6 +91,7 @@ async def _deliver_to(url: str, policy: EgressPolicy) -> list[httpx.Request]:
         "http://metadata\uff61google\uff61internal/computeMetadata/v1/",
         "http://metadata.google.internal./computeMetadata/v1/",
         "http://169.254.169.254./latest/meta-data/",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # through a NAT64 gateway
     ],
 )
 async def test_a_metadata_target_is_refused_before_any_request(url: str) -> None:
