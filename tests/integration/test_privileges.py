@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psycopg
@@ -293,3 +293,65 @@ def test_the_owner_of_a_tracked_partitioned_table_adds_partitions_and_cannot_for
         execute(owner, "CREATE TABLE logs (id int, d date) PARTITION BY RANGE (d)")
         execute(owner, "INSERT INTO b VALUES (9, 'eu')")
         assert scalar(dsn, "SELECT count(*) FROM pgobs.events") == len(events)
+
+
+def test_the_owner_of_a_tracked_partitioned_table_cannot_plant_capture_inside_create_schema(
+    dsn: str,
+) -> None:
+    """The guard fires on the CREATE TRIGGER tag only: a trigger given as an element of CREATE
+    SCHEMA runs as a subcommand of that command, and no CREATE TRIGGER event fires. An owner
+    granted capture_partitioned (for its partitions) with CREATE on the database (any database
+    owner has it) attached capture to a table of its own and minted events of any entity type."""
+    with login_role(dsn) as owner:
+        role = scalar(owner, "SELECT current_user")
+        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+                "PARTITION BY LIST (region)")  # fmt: skip
+        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        execute(dsn, f"GRANT USAGE ON SCHEMA pgobs TO {role}")
+        database = scalar(dsn, "SELECT current_database()")
+        execute(dsn, f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+        try:
+            execute(
+                owner,
+                "CREATE SCHEMA forged CREATE TABLE pay (id int) "
+                "CREATE TRIGGER forged AFTER INSERT ON pay FOR EACH ROW "
+                "EXECUTE FUNCTION pgobs.capture_partitioned('Payment', '0', 'INSERT', 'id')",
+            )
+            execute(owner, "INSERT INTO forged.pay VALUES (1000000)")
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+        assert fetch(dsn, "SELECT entity_type, entity_id FROM pgobs.events") == []
+
+
+def test_renaming_the_syncs_trigger_on_a_partition_does_not_stop_everyones_partition_ddl(
+    dsn: str,
+) -> None:
+    """The owner of a tracked partition may rename the statement trigger the partition sync
+    gave it: named pgobs_capture_*, it made the partition look tracked on its own, and every
+    later CREATE TABLE or ALTER TABLE of a partitioned table or partition in the database,
+    a superuser's included, failed in the sync. No pgobs right or CREATE TRIGGER is needed."""
+    with login_role(dsn) as owner:
+        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+                "PARTITION BY LIST (region)")  # fmt: skip
+        execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        with suppress(psycopg.Error):
+            execute(owner, "ALTER TRIGGER pgobs_tree_truncate ON m_eu RENAME TO pgobs_capture_x")
+        execute(dsn, "CREATE TABLE others_logs (d date) PARTITION BY RANGE (d)")
+
+
+def test_a_partition_detached_from_a_tracked_tree_keeps_no_capture_trigger(dsn: str) -> None:
+    """The sync drops the statement triggers it gave a partition by name (pgobs_tree_*) when the
+    partition leaves the tree; the partition's owner renamed one first, so the detached table
+    (or any tree it is attached to next) kept capture_truncate and minted TRUNCATE events of the
+    tracked entity type for a table pgobs no longer tracks."""
+    with login_role(dsn) as owner:
+        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+                "PARTITION BY LIST (region)")  # fmt: skip
+        execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        with suppress(psycopg.Error):
+            execute(owner, "ALTER TRIGGER pgobs_tree_truncate ON m_eu RENAME TO keep")
+        execute(owner, "ALTER TABLE m DETACH PARTITION m_eu")
+        execute(owner, "TRUNCATE m_eu")
+        assert fetch(dsn, "SELECT entity_type, event_type FROM pgobs.events") == []
