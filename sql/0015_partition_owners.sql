@@ -15,9 +15,12 @@
 -- grants nothing and says so (the owner then adds partitions as a superuser, as before).
 BEGIN;
 
--- Who may create triggers that call pgobs' functions: a superuser, or a member of the role that
--- owns the schema (the role that migrates and tracks). Cloned triggers are not CREATE TRIGGER
--- commands, so adding a partition does not come here.
+-- Who may create triggers that call pgobs' functions, or rename them (the partition sync knows
+-- its triggers by name: a renamed one made a partition look tracked on its own, and every
+-- partition DDL of the database failed): a superuser, or a member of the role that owns the
+-- schema (the role that migrates and tracks). Triggers given as elements of CREATE SCHEMA are
+-- listed by that command too. Cloned triggers are no command at all, so adding a partition
+-- does not come here.
 CREATE FUNCTION pgobs.guard_capture_triggers() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -29,15 +32,15 @@ BEGIN
         RETURN;
     END IF;
     FOR made IN
-        SELECT t.tgname, t.tgrelid::regclass AS relid, f.proname
+        SELECT t.tgname, t.tgrelid::regclass AS relid, f.proname, c.command_tag
         FROM pg_event_trigger_ddl_commands() AS c
         JOIN pg_trigger AS t ON t.oid = c.objid
         JOIN pg_proc AS f ON f.oid = t.tgfoid
         WHERE c.classid = 'pg_trigger'::regclass
           AND f.pronamespace = 'pgobs'::regnamespace
     LOOP
-        RAISE EXCEPTION 'pgobs: trigger % on % calls pgobs.%, which only pgobs track installs',
-            made.tgname, made.relid, made.proname
+        RAISE EXCEPTION 'pgobs: % of trigger % on %, which calls pgobs.%, is for pgobs track '
+            'alone', lower(made.command_tag), made.tgname, made.relid, made.proname
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'capture a table with: pgobs track TABLE (as the role that migrates)';
     END LOOP;
@@ -200,7 +203,30 @@ END;
 $$;
 
 
--- The guard, and the right for the owners of tables tracked before this migration.
+-- After ALTER TABLE (OWNER TO among others): the owner of every tracked partitioned table the
+-- command touched holds the right its partitions need (idempotent; one catalog read when the
+-- command touched none). As its superuser owner, since a grant is the function owner's to make.
+CREATE FUNCTION pgobs.grant_capture_to_owners() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner text;
+BEGIN
+    FOR owner IN
+        SELECT DISTINCT pg_get_userbyid(r.relowner)
+        FROM pg_event_trigger_ddl_commands() AS c
+        JOIN pg_class AS r ON r.oid = c.objid AND r.relkind = 'p'
+        JOIN pg_trigger AS t ON t.tgrelid = r.oid AND t.tgname = 'pgobs_capture'
+             AND t.tgparentid = 0 AND t.tgfoid = 'pgobs.capture_partitioned()'::regprocedure
+        WHERE c.classid = 'pg_class'::regclass
+          AND NOT has_function_privilege(r.relowner, 'pgobs.capture_partitioned()', 'EXECUTE')
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION pgobs.capture_partitioned() TO %I', owner);
+    END LOOP;
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION pgobs.grant_capture_to_owners() FROM PUBLIC;
+
+-- The guards, and the right for the owners of tables tracked before this migration.
 DO $$
 DECLARE
     owner text;
@@ -213,8 +239,20 @@ BEGIN
         RETURN;
     END IF;
     CREATE EVENT TRIGGER pgobs_guard_capture ON ddl_command_end
-        WHEN TAG IN ('CREATE TRIGGER')
+        WHEN TAG IN ('CREATE TRIGGER', 'ALTER TRIGGER', 'CREATE SCHEMA')
         EXECUTE FUNCTION pgobs.guard_capture_triggers();
+    -- A partition created as an element of CREATE SCHEMA is synced too (0012 listened to
+    -- CREATE TABLE and ALTER TABLE alone), and a tracked table's new owner gets the right.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger
+               WHERE evtname = 'pgobs_sync_tracked_partitions') THEN
+        DROP EVENT TRIGGER pgobs_sync_tracked_partitions;
+        CREATE EVENT TRIGGER pgobs_sync_tracked_partitions ON ddl_command_end
+            WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE SCHEMA')
+            EXECUTE FUNCTION pgobs.sync_tracked_partitions_on_ddl();
+    END IF;
+    CREATE EVENT TRIGGER pgobs_capture_owners ON ddl_command_end
+        WHEN TAG IN ('ALTER TABLE')
+        EXECUTE FUNCTION pgobs.grant_capture_to_owners();
     FOR owner IN
         SELECT DISTINCT pg_get_userbyid(c.relowner)
         FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid

@@ -355,3 +355,15 @@ def test_a_partition_detached_from_a_tracked_tree_keeps_no_capture_trigger(dsn: 
         execute(owner, "ALTER TABLE m DETACH PARTITION m_eu")
         execute(owner, "TRUNCATE m_eu")
         assert fetch(dsn, "SELECT entity_type, event_type FROM pgobs.events") == []
+
+
+def test_a_new_owner_of_a_tracked_partitioned_table_adds_partitions(dsn: str) -> None:
+    """The right track() gave the owner follows ALTER TABLE ... OWNER TO."""
+    with login_role(dsn) as first, login_role(dsn) as second:
+        execute(first, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+                "PARTITION BY LIST (region)")  # fmt: skip
+        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        execute(dsn, f"ALTER TABLE m OWNER TO {scalar(second, 'SELECT current_user')}")
+        execute(second, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+        execute(second, "INSERT INTO m VALUES (1, 'eu')")
+    assert fetch(dsn, "SELECT entity_type, entity_id FROM pgobs.events") == [("M", "1,eu")]
