@@ -177,9 +177,11 @@ def test_an_outage_is_held_off_fleet_wide_and_nothing_is_dead_lettered(
     assert len({event_of(r.headers) for r in calls}) == inserted
     # The first call after the recovery came within one open_for interval (the longest one),
     # plus the probe candidates' spread (up to half a second) and time for claiming on a loaded
-    # machine (0.3-1.4 s measured; once 4.9 s at a load average of 4 on 2 cores).
+    # machine (0.3-1.4 s measured; 4.9 s at a load average of 4 on 2 cores, 6.8 s beside a full
+    # suite). The bound catches a recovery that waits for the default open_for (30 s) or more;
+    # bench/bench_circuit.py measures the recovery time itself.
     first_back = min(r.at for r in calls if r.at >= up_at)
-    assert first_back - up_at <= MAX_OPEN_FOR_S + 3.0, first_back - up_at
+    assert first_back - up_at <= MAX_OPEN_FOR_S + 10.0, first_back - up_at
     # The steady endpoint delivered throughout the outage, at the rate events came: never held
     # up for a probe interval (an observer stuck behind the flaky one would be, or longer).
     steady_times = sorted(r.at for r in steady.to("/hook") if down_at <= r.at < up_at)
