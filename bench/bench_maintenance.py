@@ -1,7 +1,10 @@
 """pgobs.run_maintenance() over 1,000,000 expired events, with a writer and the listener at work.
 
 Run: ``PGOBS_BENCH_DSN=postgresql://postgres@127.0.0.1:5432/postgres
-python bench/bench_maintenance.py [--events 1000000] [--batch-size 10000]``
+python bench/bench_maintenance.py [--events 1000000] [--batch-size 10000] [--backlog 0]``
+
+``--backlog N`` queues N jobs for N recent events first (workers down for a while): the expired
+events are checked against that queue (0016 reads it once per run, not once per batch).
 
 A database of its own gets the expired events (already fanned out: the listener's checkpoint
 has passed them) and a tracked table. While maintenance removes them, a writer commits an order
@@ -105,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--backlog", type=int, default=0, help="jobs queued for recent events")
     args = parser.parse_args()
     admin = os.environ.get("PGOBS_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
     name = f"pgobs_bench_maint_{uuid.uuid4().hex[:8]}"
@@ -125,13 +129,24 @@ def main() -> None:
                 "FROM generate_series(1, %s) AS g",
                 (args.events,),
             )
+            conn.execute(
+                "WITH recent AS (INSERT INTO pgobs.events (entity_type, entity_id, event_type, "
+                "data) SELECT 'Waiting', g::text, 'INSERT', '{}' FROM generate_series(1, %s) AS g "
+                "RETURNING id) INSERT INTO pgobs.jobs (event_id, observer, action, action_index, "
+                "action_type) SELECT id, 'orders', 'log', 0, 'log' FROM recent",
+                (args.backlog,),
+            )
+            conn.execute("VACUUM ANALYZE pgobs.jobs")
             # Where the listener's checkpoint stands once it has fanned all of them out.
             conn.execute(
                 "INSERT INTO pgobs.checkpoints (listener_id, snapshot) "
                 "VALUES ('default', pg_current_snapshot())"
             )
             conn.execute("VACUUM ANALYZE pgobs.events")
-        print(f"setup: {args.events:,} expired events in {time.monotonic() - started:.1f}s")
+        print(
+            f"setup: {args.events:,} expired events, {args.backlog:,} jobs queued, in "
+            f"{time.monotonic() - started:.1f}s"
+        )
 
         config = Path(tempfile.mkdtemp(prefix="pgobs-bench-")) / "observers.yaml"
         config.write_text(CONFIG)

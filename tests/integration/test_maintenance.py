@@ -420,3 +420,21 @@ def test_a_maintenance_runner_that_is_neither_leader_nor_pg_cron_is_reported(
     result = run_pgobs(dsn, "maintenance", "schedule")
     assert result.returncode == 1
     assert result.stderr.startswith("pgobs: error: pgobs.settings: maintenance_runner = 'Leader'")
+
+
+def test_expired_events_a_pending_job_names_stay_whatever_else_the_queue_holds(dsn: str) -> None:
+    """0016: only events from the oldest one a pending job names are checked against the queue
+    (reading it per batch hashed the whole queue); those before it go, that one stays, and so
+    does each later one a job names, while later ones no job names go too."""
+    execute(dsn, "UPDATE pgobs.settings SET value = '0 seconds' WHERE key = 'events_retention'")
+    ids = [
+        scalar(dsn, "SELECT pgobs.emit('Order', 'created', %s, '{}')", (str(n),)) for n in range(8)
+    ]
+    named = [ids[3], ids[6]]  # jobs wait for these two
+    for event_id in named:
+        execute(dsn, "INSERT INTO pgobs.jobs (event_id, observer, action, action_index, "
+                "action_type) VALUES (%s, 'o', 'a', 0, 'log')", (event_id,))  # fmt: skip
+    checkpoint_now(dsn, "a")
+    assert fetch(dsn, COUNTS, (True, 2))[0][0] == 6  # dry run: counted, in batches of 2
+    assert fetch(dsn, COUNTS, (False, 2))[0][0] == 6
+    assert [r[0] for r in fetch(dsn, "SELECT id FROM pgobs.events ORDER BY id")] == named
