@@ -214,12 +214,15 @@ def test_a_migrating_role_without_createrole_still_migrates(empty_dsn: str) -> N
 
 def test_create_roles_grants_what_every_migration_added(dsn: str) -> None:
     """Roles created after the migrations (create_roles() run later, as the README says) get
-    the rights of 0007-0010 too: settings, the trail, the emit overload, maintenance."""
+    the rights of 0007-0017 too: settings, the trail and where it ships, the emit overload,
+    maintenance."""
     grants = [
         ("pgobs_operator", "SELECT", "pgobs.settings"),
         ("pgobs_operator", "UPDATE", "pgobs.settings"),
         ("pgobs_operator", "SELECT", "pgobs.trail"),
         ("pgobs_operator", "SELECT", "pgobs.job_counts"),
+        ("pgobs_operator", "SELECT", "pgobs.trail_records"),
+        ("pgobs_operator", "SELECT", "pgobs.trail_shipping"),
         ("pgobs_worker", "INSERT", "pgobs.trail"),
         ("pgobs_worker", "SELECT", "pgobs.settings"),
     ]
@@ -228,6 +231,11 @@ def test_create_roles_grants_what_every_migration_added(dsn: str) -> None:
         ("pgobs_worker", "pgobs.record_trail(text,bigint[],text[],text[],text[],text[])"),
         ("pgobs_worker", "pgobs.run_maintenance(boolean,integer)"),
         ("pgobs_operator", "pgobs.run_maintenance(boolean,integer)"),
+        (
+            "pgobs_operator",
+            "pgobs.trail_terms(text,text,text,text,text,text,text,text,text,text,"
+            "bigint,bigint,integer,integer)",
+        ),
     ]
     # As if the roles had not existed when the migrations ran.
     for role, privilege, table in grants:
