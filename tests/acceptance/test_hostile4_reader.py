@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.support import Worker, execute, scalar, wait_until
 
@@ -144,3 +145,49 @@ def test_a_read_waiting_on_a_lock_does_not_get_a_live_leader_fenced(
     assert "ended its session" not in logs, "a live leader was fenced"
     assert "lost its session" not in logs
     assert now == first
+
+
+@pytest.mark.timeout(90)
+def test_a_standby_that_cannot_open_its_reader_when_it_takes_over_does_not_end_the_worker(
+    dsn: str, tmp_path: Path
+) -> None:
+    """Taking over now needs a new connection (the reader). connect() raises ConnectionFailed, a
+    PgobsError that _candidate_loop does not catch: the listener fails, and with it the process
+    (jobs pool included). Before 900ba3e a standby led on the session it already had."""
+    config = _setup(dsn, tmp_path)
+    args = ("--role", "listener", "--config", str(config))
+    procs = [Worker(dsn, *args, log_path=tmp_path / f"l{i}.log") for i in range(2)]
+    database = scalar(dsn, "SELECT current_database()")
+    # ALTER DATABASE may not disallow connections to the database it runs in.
+    admin = psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True)
+    try:
+        first = wait_until(lambda: leader_pid(dsn))
+        wait_until(
+            lambda: scalar(
+                dsn,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE 'pgobs listener %'",
+            )
+            == 2
+        )
+        standby = next(p for p in procs if p.pid != first)
+        # A moment when no new session can be opened (max_connections reached, a role's
+        # connection limit, a restarting pooler): the standby's own session is up already.
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND application_name = %s",
+                (database, f"pgobs listener default pid {first}"),
+            )
+            time.sleep(2.0)
+        finally:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        time.sleep(1.0)
+        assert standby.proc.poll() is None, f"the standby exited:\n{standby.output()[-2000:]}"
+        execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 10)")
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 10, timeout=20)
+    finally:
+        admin.close()
+        for p in procs:
+            p.stop()
