@@ -191,3 +191,39 @@ def test_a_standby_that_cannot_open_its_reader_when_it_takes_over_does_not_end_t
         admin.close()
         for p in procs:
             p.stop()
+
+
+@pytest.mark.timeout(90)
+def test_a_frozen_leader_under_load_is_fenced_and_its_reader_closes_when_it_thaws(
+    dsn: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    config = _setup(dsn, tmp_path)
+    args = ("--role", "listener", "--config", str(config), "--batch-size", "500")
+    procs = [Worker(dsn, *args, log_path=tmp_path / f"l{i}.log") for i in range(2)]
+    stop = threading.Event()
+    writers = [threading.Thread(target=writer, args=(dsn, stop, i)) for i in range(6)]
+    try:
+        first = wait_until(lambda: leader_pid(dsn))
+        for w in writers:
+            w.start()
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") > 3000, timeout=30)
+        os.kill(first, signal.SIGSTOP)
+        try:
+            wait_until(lambda: (p := leader_pid(dsn)) and p != first, timeout=15)
+            assert scalar(dsn, READERS) == 2  # the frozen one's, and the new leader's
+        finally:
+            os.kill(first, signal.SIGCONT)
+        stop.set()
+        for w in writers:
+            w.join(timeout=10)
+        committed = scalar(dsn, "SELECT count(*) FROM pgobs.events")
+        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == committed, timeout=30)
+        wait_until(lambda: scalar(dsn, READERS) == 1, timeout=10)
+    finally:
+        stop.set()
+        for p in procs:
+            p.stop()
+    wait_until(lambda: scalar(dsn, READERS) == 0, timeout=10)
