@@ -31,7 +31,7 @@ from pgobs.config.model import Config
 from pgobs.db.connect import Connection, connect
 from pgobs.db.notify import Doorbell
 from pgobs.db.sqlfiles import query
-from pgobs.errors import PgobsError
+from pgobs.errors import ConnectionFailed, PgobsError
 from pgobs.events import Event
 from pgobs.listener.fanout import FanoutPlan, ObserverIndex, Skipped, plan_fanout
 from pgobs.listener.fleet import FleetPublisher
@@ -217,7 +217,9 @@ class Listener:
                     if await self._try_lead(conn, lock_key):
                         await self._lead(conn)
                     await anyio.sleep(self.settings.leader_retry_s)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, ConnectionFailed) as exc:
+                # ConnectionFailed: the reader session could not be opened on taking the lead
+                # (connections full, a pooler restarting): stand by and try again.
                 log.warning("listener %s lost its session (%s)", self.settings.listener_id, exc)
                 self._set_state("recovering", leader=False)
             except LeadershipLost as exc:
@@ -387,7 +389,7 @@ class Listener:
         next one is read and planned into ``ahead`` while this one is written. The read needs
         no leader (see _read), and a failed write loses it with the session, as it would lose
         an unread batch."""
-        batch = ahead.pop() if ahead else await self._read(reader, checkpoint.position())
+        batch = ahead.pop() if ahead else await self._read(conn, reader, checkpoint.position())
         if not batch.events:
             # The slice is drained: what is visible in the target has all been fanned out.
             # Kept in memory only; read from the stored checkpoint, the slice is empty too.
@@ -396,36 +398,50 @@ class Listener:
         try:
             async with anyio.create_task_group() as tg:
                 if not batch.drained:
-                    tg.start_soon(self._read_ahead, reader, batch.after(checkpoint), ahead)
+                    tg.start_soon(self._read_ahead, conn, reader, batch.after(checkpoint), ahead)
                 await self._write(conn, checkpoint, batch)
         except BaseExceptionGroup as group:
             raise _first(group) from None
         return len(batch.events)
 
     async def _read_ahead(
-        self, reader: Connection, position: dict[str, Any], ahead: list[Batch]
+        self, conn: Connection, reader: Connection, position: dict[str, Any], ahead: list[Batch]
     ) -> None:
-        ahead.append(await self._read(reader, position))
+        ahead.append(await self._read(conn, reader, position))
 
-    async def _read(self, reader: Connection, position: dict[str, Any]) -> Batch:
+    async def _beat_while_reading(self, conn: Connection) -> None:
+        while True:
+            await anyio.sleep(self.settings.beat_s)
+            await self._beat(conn)
+
+    async def _read(self, conn: Connection, reader: Connection, position: dict[str, Any]) -> Batch:
         """The slice's next events after ``position``, and their plan.
 
         The read needs no transaction, nor the leader's session: the events it returns belong
         to transactions visible in the target snapshot, which have committed and never change,
         and the write is atomic on the session that holds the leader lock, so a leader that
-        lost its session writes nothing.
+        lost its session writes nothing. While it runs, the leader's session ``conn`` keeps
+        beating: a read waiting on a lock is a busy leader, not a frozen one (when reads ran on
+        the leader's session, the fence saw it inside a statement and left it alone).
         """
         started = time.perf_counter()
-        async with reader.cursor(row_factory=args_row(_read_row)) as cur:
-            await cur.execute(
-                query("fetch_committed_events"),
-                {
-                    **position,
-                    "limit": self.settings.batch_size,
-                    "max_bytes": self.settings.batch_bytes,
-                },
-            )
-            rows = await cur.fetchall()
+        rows: list[_Read] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._beat_while_reading, conn)
+                async with reader.cursor(row_factory=args_row(_read_row)) as cur:
+                    await cur.execute(
+                        query("fetch_committed_events"),
+                        {
+                            **position,
+                            "limit": self.settings.batch_size,
+                            "max_bytes": self.settings.batch_bytes,
+                        },
+                    )
+                    rows = await cur.fetchall()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
         events = [row.event for row in rows if row.event is not None]
         size = sum(row.size for row in rows)
         drained = len(rows) < self.settings.batch_size and size < self.settings.batch_bytes
@@ -574,7 +590,11 @@ class Listener:
         if conn is not None:
             await conn.execute(query("listener_heartbeat"), params)
             return
-        own = await connect(self.dsn, autocommit=True)
+        try:
+            own = await connect(self.dsn, autocommit=True)
+        except ConnectionFailed as exc:
+            log.warning("listener %s could not record its state (%s)", self.instance_id, exc)
+            return
         try:
             await own.execute(query("listener_heartbeat"), params)
         finally:

@@ -1,5 +1,6 @@
-"""Hostile tests for the listener's reader session (900ba3e): the next batch is read on a session
-of its own while the leader's session writes this one."""
+"""The listener's reader session (the next batch is read on a session of its own while the
+leader's session writes this one), as an adversarial review tried it: killed again and again,
+stuck behind a lock, refused a connection on taking the lead, frozen with its leader."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -47,8 +47,10 @@ def writer(dsn: str, stop: threading.Event, seed: int) -> None:
     rng = random.Random(seed)
     with psycopg.connect(dsn) as conn:
         while not stop.is_set():
-            conn.execute("INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, %s)",
-                         (rng.randint(1, 20),))
+            conn.execute(
+                "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, %s)",
+                (rng.randint(1, 20),),
+            )
             if rng.random() < 0.1:
                 conn.rollback()
             else:
@@ -122,12 +124,14 @@ def test_a_read_waiting_on_a_lock_does_not_get_a_live_leader_fenced(
         execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 10)")
         wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 10)
         wait_until(
-            lambda: scalar(
-                dsn,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name LIKE 'pgobs listener %'",
+            lambda: (
+                scalar(
+                    dsn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'pgobs listener %'",
+                )
+                == 2
             )
-            == 2
         )
         # Someone holds an ACCESS EXCLUSIVE lock on the events for 4 s (less than the listener's
         # lock_timeout of 5 s; more than leader_stale_s of 3 s): a DDL, a partition change.
@@ -163,12 +167,14 @@ def test_a_standby_that_cannot_open_its_reader_when_it_takes_over_does_not_end_t
     try:
         first = wait_until(lambda: leader_pid(dsn))
         wait_until(
-            lambda: scalar(
-                dsn,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name LIKE 'pgobs listener %'",
+            lambda: (
+                scalar(
+                    dsn,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'pgobs listener %'",
+                )
+                == 2
             )
-            == 2
         )
         standby = next(p for p in procs if p.pid != first)
         # A moment when no new session can be opened (max_connections reached, a role's

@@ -1,4 +1,4 @@
-"""Hostile: read-ahead on the reader session, with small batches, a byte budget cut by big
+"""Read-ahead on the reader session, with small batches, a byte budget cut by big
 rows, transactions that stay open across batches and commit out of txid order, and the reader
 session terminated again and again."""
 
@@ -68,8 +68,9 @@ def test_reader_killed_under_byte_budget_and_open_transactions_loses_and_doubles
     with psycopg.connect(dsn) as held:
         held.execute("INSERT INTO orders (note) VALUES ('held')")  # open throughout
         try:
-            with InProcessListener(dsn, batch_size=7, batch_bytes=60_000, poll_interval_s=0.05,
-                                   leader_stale_s=2.0):
+            with InProcessListener(
+                dsn, batch_size=7, batch_bytes=60_000, poll_interval_s=0.05, leader_stale_s=2.0
+            ):
                 for w in writers:
                     w.start()
                 killer.start()
@@ -90,9 +91,12 @@ def test_reader_killed_under_byte_budget_and_open_transactions_loses_and_doubles
     assert scalar(dsn, "SELECT count(*) FROM pgobs.trail WHERE kind = 'event'") == scalar(
         dsn, EVENTS
     )
-    assert scalar(
-        dsn,
-        "SELECT count(*) FROM pgobs.events e WHERE NOT EXISTS "
-        "(SELECT FROM pgobs.jobs j WHERE j.event_id = e.id)",
-    ) == 0
+    assert (
+        scalar(
+            dsn,
+            "SELECT count(*) FROM pgobs.events e WHERE NOT EXISTS "
+            "(SELECT FROM pgobs.jobs j WHERE j.event_id = e.id)",
+        )
+        == 0
+    )
     wait_until(lambda: scalar(dsn, READERS) == 0, timeout=10)
