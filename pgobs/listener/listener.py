@@ -170,6 +170,7 @@ class Listener:
         self._labels = {"listener_id": self.settings.listener_id}
         self._warned_writers: set[str] = set()  # transaction ids already named in a warning
         self._beaten_at = 0.0  # time.monotonic() of the fan-out loop's last beat
+        self._reads_in_flight = 0  # reads running on the reader's session
         self._fence_denied_at: float | None = None
         windows = [obs.dedup.window_s for obs in config.observers if obs.dedup is not None]
         self.dedup_redis = (
@@ -337,6 +338,7 @@ class Listener:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(wake.run)
                 tg.start_soon(LeaderMaintenance(self.dsn, self.settings.listener_id).run)
+                tg.start_soon(self._beat_during_reads, conn)
                 await self._fan_out_loop(conn, reader, checkpoint, wake)
         except BaseExceptionGroup as group:
             # WakeLock.run and LeaderMaintenance.run never raise: the loop's own error, for
@@ -389,7 +391,7 @@ class Listener:
         next one is read and planned into ``ahead`` while this one is written. The read needs
         no leader (see _read), and a failed write loses it with the session, as it would lose
         an unread batch."""
-        batch = ahead.pop() if ahead else await self._read(conn, reader, checkpoint.position())
+        batch = ahead.pop() if ahead else await self._read(reader, checkpoint.position())
         if not batch.events:
             # The slice is drained: what is visible in the target has all been fanned out.
             # Kept in memory only; read from the stored checkpoint, the slice is empty too.
@@ -398,50 +400,51 @@ class Listener:
         try:
             async with anyio.create_task_group() as tg:
                 if not batch.drained:
-                    tg.start_soon(self._read_ahead, conn, reader, batch.after(checkpoint), ahead)
+                    tg.start_soon(self._read_ahead, reader, batch.after(checkpoint), ahead)
                 await self._write(conn, checkpoint, batch)
         except BaseExceptionGroup as group:
             raise _first(group) from None
         return len(batch.events)
 
     async def _read_ahead(
-        self, conn: Connection, reader: Connection, position: dict[str, Any], ahead: list[Batch]
+        self, reader: Connection, position: dict[str, Any], ahead: list[Batch]
     ) -> None:
-        ahead.append(await self._read(conn, reader, position))
+        ahead.append(await self._read(reader, position))
 
-    async def _beat_while_reading(self, conn: Connection) -> None:
+    async def _beat_during_reads(self, conn: Connection) -> None:
+        """Beats on the leader's session while a read runs on the reader's: a read waiting on a
+        lock (DDL, VACUUM FULL) is a busy leader, not a frozen one. When reads ran on the
+        leader's session, the fence saw it inside a statement and left it alone; idle beside
+        a slow read, it was fenced. Only during reads: a loop stuck elsewhere stops beating."""
         while True:
-            await anyio.sleep(self.settings.beat_s)
-            await self._beat(conn)
+            await anyio.sleep(self.settings.beat_s / 2)
+            if self._reads_in_flight:
+                await self._beat(conn)
 
-    async def _read(self, conn: Connection, reader: Connection, position: dict[str, Any]) -> Batch:
+    async def _read(self, reader: Connection, position: dict[str, Any]) -> Batch:
         """The slice's next events after ``position``, and their plan.
 
         The read needs no transaction, nor the leader's session: the events it returns belong
         to transactions visible in the target snapshot, which have committed and never change,
         and the write is atomic on the session that holds the leader lock, so a leader that
-        lost its session writes nothing. While it runs, the leader's session ``conn`` keeps
-        beating: a read waiting on a lock is a busy leader, not a frozen one (when reads ran on
-        the leader's session, the fence saw it inside a statement and left it alone).
+        lost its session writes nothing. While it runs, the leader's session keeps beating
+        (_beat_during_reads).
         """
         started = time.perf_counter()
-        rows: list[_Read] = []
+        self._reads_in_flight += 1
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._beat_while_reading, conn)
-                async with reader.cursor(row_factory=args_row(_read_row)) as cur:
-                    await cur.execute(
-                        query("fetch_committed_events"),
-                        {
-                            **position,
-                            "limit": self.settings.batch_size,
-                            "max_bytes": self.settings.batch_bytes,
-                        },
-                    )
-                    rows = await cur.fetchall()
-                tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise _first(group) from None
+            async with reader.cursor(row_factory=args_row(_read_row)) as cur:
+                await cur.execute(
+                    query("fetch_committed_events"),
+                    {
+                        **position,
+                        "limit": self.settings.batch_size,
+                        "max_bytes": self.settings.batch_bytes,
+                    },
+                )
+                rows = await cur.fetchall()
+        finally:
+            self._reads_in_flight -= 1
         events = [row.event for row in rows if row.event is not None]
         size = sum(row.size for row in rows)
         drained = len(rows) < self.settings.batch_size and size < self.settings.batch_bytes
