@@ -67,6 +67,18 @@ def _setup(dsn: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.timeout(120)
+def settle(dsn: str, stop: threading.Event, writers: list[threading.Thread]) -> int:
+    """Stop the writers, wait until every committed event has its job and the leader holds one
+    reader session; returns how many events were committed."""
+    stop.set()
+    for w in writers:
+        w.join(timeout=10)
+    committed = int(scalar(dsn, "SELECT count(*) FROM pgobs.events"))
+    wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == committed, timeout=30)
+    wait_until(lambda: scalar(dsn, READERS) == 1, timeout=10)  # a settled leader: one reader
+    return committed
+
+
 def test_terminating_the_reader_again_and_again_loses_and_doubles_nothing(
     dsn: str, tmp_path: Path
 ) -> None:
@@ -87,13 +99,7 @@ def test_terminating_the_reader_again_and_again_loses_and_doubles_nothing(
             killed += scalar(dsn, KILL_READERS)
             # never more than one reader per process
             assert scalar(dsn, READERS) <= len(procs)
-        stop.set()
-        for w in writers:
-            w.join(timeout=10)
-        committed = scalar(dsn, "SELECT count(*) FROM pgobs.events")
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == committed, timeout=30)
-        # a settled leader holds exactly one reader session
-        wait_until(lambda: scalar(dsn, READERS) == 1, timeout=10)
+        committed = settle(dsn, stop, writers)
     finally:
         stop.set()
         for p in procs:
@@ -222,12 +228,7 @@ def test_a_frozen_leader_under_load_is_fenced_and_its_reader_closes_when_it_thaw
             assert scalar(dsn, READERS) == 2  # the frozen one's, and the new leader's
         finally:
             os.kill(first, signal.SIGCONT)
-        stop.set()
-        for w in writers:
-            w.join(timeout=10)
-        committed = scalar(dsn, "SELECT count(*) FROM pgobs.events")
-        wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == committed, timeout=30)
-        wait_until(lambda: scalar(dsn, READERS) == 1, timeout=10)
+        settle(dsn, stop, writers)
     finally:
         stop.set()
         for p in procs:

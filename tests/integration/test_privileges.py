@@ -256,6 +256,14 @@ def test_create_roles_grants_what_every_migration_added(dsn: str) -> None:
     assert not scalar(dsn, "SELECT has_table_privilege('pgobs_worker', 'pgobs.events', 'INSERT')")
 
 
+def tracked_tree(dsn: str, owner: str) -> None:
+    """``owner``'s partitioned table m with a partition m_eu, tracked (by the superuser) as M."""
+    execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
+            "PARTITION BY LIST (region)")  # fmt: skip
+    execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+    execute(dsn, "SELECT pgobs.track('m', 'M')")
+
+
 def test_the_owner_of_a_tracked_partitioned_table_adds_partitions_and_cannot_forge(
     dsn: str,
 ) -> None:
@@ -265,11 +273,8 @@ def test_the_owner_of_a_tracked_partitioned_table_adds_partitions_and_cannot_for
     functions that track() did not create, so the owner still cannot mint events, nor plant a
     trigger that would make the partition sync refuse everyone's DDL."""
     with login_role(dsn) as owner:
-        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
-                "PARTITION BY LIST (region)")  # fmt: skip
-        execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+        tracked_tree(dsn, owner)
         execute(owner, "CREATE TABLE b (id int PRIMARY KEY, region text)")
-        execute(dsn, "SELECT pgobs.track('m', 'M')")
         execute(owner, "CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us')")
         execute(owner, "CREATE TABLE m_ap (id int NOT NULL, region text NOT NULL)")
         execute(owner, "ALTER TABLE m ATTACH PARTITION m_ap FOR VALUES IN ('ap')")
@@ -339,10 +344,7 @@ def test_renaming_the_syncs_trigger_on_a_partition_does_not_stop_everyones_parti
     later CREATE TABLE or ALTER TABLE of a partitioned table or partition in the database,
     a superuser's included, failed in the sync. No pgobs right or CREATE TRIGGER is needed."""
     with login_role(dsn) as owner:
-        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
-                "PARTITION BY LIST (region)")  # fmt: skip
-        execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
-        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        tracked_tree(dsn, owner)
         with suppress(psycopg.Error):
             execute(owner, "ALTER TRIGGER pgobs_tree_truncate ON m_eu RENAME TO pgobs_capture_x")
         execute(dsn, "CREATE TABLE others_logs (d date) PARTITION BY RANGE (d)")
@@ -354,10 +356,7 @@ def test_a_partition_detached_from_a_tracked_tree_keeps_no_capture_trigger(dsn: 
     (or any tree it is attached to next) kept capture_truncate and minted TRUNCATE events of the
     tracked entity type for a table pgobs no longer tracks."""
     with login_role(dsn) as owner:
-        execute(owner, "CREATE TABLE m (id int, region text, PRIMARY KEY (id, region)) "
-                "PARTITION BY LIST (region)")  # fmt: skip
-        execute(owner, "CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
-        execute(dsn, "SELECT pgobs.track('m', 'M')")
+        tracked_tree(dsn, owner)
         with suppress(psycopg.Error):
             execute(owner, "ALTER TRIGGER pgobs_tree_truncate ON m_eu RENAME TO keep")
         execute(owner, "ALTER TABLE m DETACH PARTITION m_eu")
