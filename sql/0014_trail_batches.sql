@@ -162,7 +162,8 @@ REVOKE EXECUTE ON FUNCTION
                       integer, integer)
     FROM PUBLIC;
 
--- create_roles() as 0013 left it, plus the view and the functions that compute its terms.
+-- create_roles() as 0013 left it, plus the view, the function that computes its terms, and the
+-- shipping cursor and rejects for the operator.
 CREATE OR REPLACE FUNCTION pgobs.create_roles() RETURNS void
 LANGUAGE plpgsql SET client_min_messages = warning AS $$
 DECLARE
@@ -183,11 +184,11 @@ BEGIN
     GRANT EXECUTE ON FUNCTION pgobs.emit(text, text, text, jsonb),
         pgobs.emit(text, text, text, jsonb, text) TO pgobs_app;
 
-    -- The operator: reads the pipeline and the trail, retries and purges dead letters, changes
-    -- the settings and runs maintenance (0007, 0008, 0014).
+    -- The operator: reads the pipeline, the trail and where it ships (pgobs status), retries
+    -- and purges dead letters, changes the settings and runs maintenance (0007, 0008, 0014).
     GRANT SELECT ON pgobs.events, pgobs.jobs, pgobs.dlq, pgobs.audit, pgobs.trail,
-        pgobs.trail_records, pgobs.checkpoints, pgobs.listeners, pgobs.circuits,
-        pgobs.job_counts TO pgobs_operator;
+        pgobs.trail_records, pgobs.trail_shipping, pgobs.trail_rejects, pgobs.checkpoints,
+        pgobs.listeners, pgobs.circuits, pgobs.job_counts TO pgobs_operator;
     GRANT EXECUTE ON FUNCTION pgobs.retry_dead_letters(bigint[]) TO pgobs_operator;
     GRANT DELETE ON pgobs.dlq TO pgobs_operator;
     GRANT SELECT, INSERT, UPDATE ON pgobs.settings TO pgobs_operator;

@@ -169,7 +169,7 @@ def test_the_operator_role_reads_status_and_debugs_events(
         (default,) = doc["listeners"]
         assert default["lag_measured"] == "at the leader's last heartbeat"
         assert default["leader"]["pid"] == listener.pid
-        assert doc["search_sinks"] == []  # the operator reads where the trail ships (0017)
+        assert doc["search_sinks"] == []  # the operator reads where the trail ships (0014)
         explained = run_pgobs(
             operator, "debug-event", "--event-id", str(event_id), "--config", str(config)
         )

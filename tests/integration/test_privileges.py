@@ -214,7 +214,7 @@ def test_a_migrating_role_without_createrole_still_migrates(empty_dsn: str) -> N
 
 def test_create_roles_grants_what_every_migration_added(dsn: str) -> None:
     """Roles created after the migrations (create_roles() run later, as the README says) get
-    the rights of 0007-0017 too: settings, the trail and where it ships, the emit overload,
+    the rights of 0007-0014 too: settings, the trail and where it ships, the emit overload,
     maintenance."""
     grants = [
         ("pgobs_operator", "SELECT", "pgobs.settings"),
