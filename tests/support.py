@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -261,6 +262,34 @@ LISTENER_SESSIONS = (
     "FROM pg_stat_activity WHERE datname = current_database() "
     "AND application_name LIKE 'pgobs listener %'"
 )
+# The leader is the session holding the listener lock (class 2024061501); its application name
+# carries the process id.
+LEADER = """
+SELECT a.application_name
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid AND a.datname = current_database()
+WHERE l.locktype = 'advisory' AND l.classid = 2024061501 AND l.granted
+"""
+CANDIDATES = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE 'pgobs listener %'"
+)
+# The leader's second session, which reads the next batch while the leader writes this one.
+READERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    "AND application_name LIKE 'pgobs reader %'"
+)
+KILL_READERS = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name LIKE 'pgobs reader %'"
+)
+
+
+def leader_pid(dsn: str) -> int | None:
+    """The process id of the listener that leads in ``dsn``'s database, if one does."""
+    match = re.search(r"pid (\d+)", scalar(dsn, LEADER) or "")
+    return int(match.group(1)) if match else None
+
+
 KILLED_SESSIONS = "SELECT sessions_killed FROM pg_stat_database WHERE datname = current_database()"
 
 

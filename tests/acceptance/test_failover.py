@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support import Worker, execute, scalar, wait_until
+from tests.support import CANDIDATES, Worker, execute, leader_pid, scalar, wait_until
 
 CONFIG = """
 observers:
@@ -27,25 +26,6 @@ observers:
     condition: "kind == 'b'"
     actions: [{type: log, name: first}, {type: log, name: second}]
 """
-
-# Catalog queries stay inside the test's own database: a pgobs deployment on the same server is
-# none of the test's business.
-LEADER = """
-SELECT a.application_name
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid AND a.datname = current_database()
-WHERE l.locktype = 'advisory' AND l.classid = 2024061501 AND l.granted
-"""
-
-CANDIDATES = """
-SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-  AND application_name LIKE 'pgobs listener %'
-"""
-
-
-def leader_pid(dsn: str) -> int | None:
-    name = scalar(dsn, LEADER)
-    match = re.search(r"pid (\d+)", name or "")
-    return int(match.group(1)) if match else None
 
 
 def writer(dsn: str, stop: threading.Event, seed: int) -> None:
@@ -143,10 +123,11 @@ def test_a_leader_whose_session_is_killed_steps_down_and_nothing_is_lost(
             execute(dsn, "INSERT INTO orders (kind) SELECT 'b' FROM generate_series(1, 50)")
             execute(
                 dsn,
-                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.datname = "
-                "current_database() AND a.pid IN (SELECT l.pid FROM pg_locks l WHERE l.database = "
-                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND l.locktype = 'advisory' AND l.classid = 2024061501)",
+                "SELECT pg_terminate_backend(a.pid) "
+                "FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid IN ("
+                "SELECT l.pid FROM pg_locks l WHERE l.database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) AND l.locktype = 'advisory' "
+                "AND l.classid = 2024061501)",
             )
             execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 50)")
             wait_until(

@@ -4,8 +4,9 @@ stuck behind a lock, refused a connection on taking the lead, frozen with its le
 
 from __future__ import annotations
 
+import os
 import random
-import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,16 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.support import Worker, execute, scalar, wait_until
+from tests.support import (
+    CANDIDATES,
+    KILL_READERS,
+    READERS,
+    Worker,
+    execute,
+    leader_pid,
+    scalar,
+    wait_until,
+)
 
 CONFIG = """
 observers:
@@ -22,25 +32,6 @@ observers:
     entity: Order
     actions: [{type: log}]
 """
-
-LEADER = """
-SELECT a.application_name
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid AND a.datname = current_database()
-WHERE l.locktype = 'advisory' AND l.classid = 2024061501 AND l.granted
-"""
-READERS = (
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-    "AND application_name LIKE 'pgobs reader %'"
-)
-KILL_READERS = (
-    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND application_name LIKE 'pgobs reader %'"
-)
-
-
-def leader_pid(dsn: str) -> int | None:
-    match = re.search(r"pid (\d+)", scalar(dsn, LEADER) or "")
-    return int(match.group(1)) if match else None
 
 
 def writer(dsn: str, stop: threading.Event, seed: int) -> None:
@@ -129,16 +120,7 @@ def test_a_read_waiting_on_a_lock_does_not_get_a_live_leader_fenced(
         first = wait_until(lambda: leader_pid(dsn))
         execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 10)")
         wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 10)
-        wait_until(
-            lambda: (
-                scalar(
-                    dsn,
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name LIKE 'pgobs listener %'",
-                )
-                == 2
-            )
-        )
+        wait_until(lambda: scalar(dsn, CANDIDATES) == 2)
         # Someone holds an ACCESS EXCLUSIVE lock on the events for 4 s (less than the listener's
         # lock_timeout of 5 s; more than leader_stale_s of 3 s): a DDL, a partition change.
         with psycopg.connect(dsn) as hostile:
@@ -168,29 +150,22 @@ def test_a_standby_that_cannot_open_its_reader_when_it_takes_over_does_not_end_t
     args = ("--role", "listener", "--config", str(config))
     procs = [Worker(dsn, *args, log_path=tmp_path / f"l{i}.log") for i in range(2)]
     database = scalar(dsn, "SELECT current_database()")
-    # ALTER DATABASE may not disallow connections to the database it runs in.
+    # ALTER DATABASE may not disallow connections to the database it runs in; the session that
+    # ends the leader's is the test database's own, opened before they are disallowed.
     admin = psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True)
+    own = psycopg.connect(dsn, autocommit=True)
     try:
         first = wait_until(lambda: leader_pid(dsn))
-        wait_until(
-            lambda: (
-                scalar(
-                    dsn,
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name LIKE 'pgobs listener %'",
-                )
-                == 2
-            )
-        )
+        wait_until(lambda: scalar(dsn, CANDIDATES) == 2)
         standby = next(p for p in procs if p.pid != first)
         # A moment when no new session can be opened (max_connections reached, a role's
         # connection limit, a restarting pooler): the standby's own session is up already.
         admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
         try:
-            admin.execute(
+            own.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND application_name = %s",
-                (database, f"pgobs listener default pid {first}"),
+                "WHERE datname = current_database() AND application_name = %s",
+                (f"pgobs listener default pid {first}",),
             )
             time.sleep(2.0)
         finally:
@@ -200,6 +175,7 @@ def test_a_standby_that_cannot_open_its_reader_when_it_takes_over_does_not_end_t
         execute(dsn, "INSERT INTO orders (kind) SELECT 'a' FROM generate_series(1, 10)")
         wait_until(lambda: scalar(dsn, "SELECT count(*) FROM pgobs.jobs") == 10, timeout=20)
     finally:
+        own.close()
         admin.close()
         for p in procs:
             p.stop()
@@ -209,9 +185,6 @@ def test_a_standby_that_cannot_open_its_reader_when_it_takes_over_does_not_end_t
 def test_a_frozen_leader_under_load_is_fenced_and_its_reader_closes_when_it_thaws(
     dsn: str, tmp_path: Path
 ) -> None:
-    import os
-    import signal
-
     config = _setup(dsn, tmp_path)
     args = ("--role", "listener", "--config", str(config), "--batch-size", "500")
     procs = [Worker(dsn, *args, log_path=tmp_path / f"l{i}.log") for i in range(2)]

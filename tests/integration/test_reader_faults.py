@@ -12,19 +12,11 @@ import psycopg
 import pytest
 
 from tests.inprocess import InProcessListener
-from tests.support import execute, scalar, wait_until
+from tests.support import KILL_READERS, READERS, execute, scalar, wait_until
 
 ONCE = "CREATE UNIQUE INDEX jobs_once ON pgobs.jobs (event_id, observer, action_index)"
 JOBS = "SELECT count(*) FROM pgobs.jobs"
 EVENTS = "SELECT count(*) FROM pgobs.events"
-KILL_READERS = (
-    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND application_name LIKE 'pgobs reader %'"
-)
-READERS = (
-    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-    "AND application_name LIKE 'pgobs reader %'"
-)
 
 
 def write(dsn: str, stop: threading.Event, seed: int) -> None:
